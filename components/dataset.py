@@ -1,0 +1,100 @@
+"""The dataset artifact shared by the data steps and training.
+
+A dataset is a directory holding ``faces.npz`` (uint8 images N×48×48, int labels,
+split name and source id per item) and JSON reports written by the step that made it
+(``manifest.json`` from ingest, ``preprocess.json`` from preprocess).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.labels import NUM_CLASSES
+
+IMAGE_SIZE = 48
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS: tuple[str, ...] = (TRAIN, VAL, TEST)
+NO_SPLIT = ""  # the source said nothing about the split
+FACES_FILE = "faces.npz"
+
+
+class DataError(Exception):
+    """The data cannot be used; the message names the problem and what to do."""
+
+
+@dataclass
+class FaceDataset:
+    images: np.ndarray  # uint8 [N, 48, 48]
+    labels: np.ndarray  # int64 [N], FER2013 ids 0..6
+    splits: np.ndarray  # str [N], one of SPLITS or NO_SPLIT
+    source_ids: np.ndarray  # str [N], where each item came from (file or CSV row)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.dtype != np.uint8 or self.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(
+                f"images must be uint8 [N,{IMAGE_SIZE},{IMAGE_SIZE}], got {self.images.dtype} "
+                f"{self.images.shape}"
+            )
+        for name in ("labels", "splits", "source_ids"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} items, images has {n}")
+        if n and (self.labels.min() < 0 or self.labels.max() >= NUM_CLASSES):
+            raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, mask_or_index: np.ndarray) -> FaceDataset:
+        return FaceDataset(
+            self.images[mask_or_index],
+            self.labels[mask_or_index],
+            self.splits[mask_or_index],
+            self.source_ids[mask_or_index],
+        )
+
+    def split(self, name: str) -> FaceDataset:
+        return self.subset(self.splits == name)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / FACES_FILE
+        np.savez(
+            path,
+            images=self.images,
+            labels=self.labels.astype(np.int64),
+            splits=self.splits.astype(str),
+            source_ids=self.source_ids.astype(str),
+        )
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FaceDataset:
+        path = Path(directory) / FACES_FILE
+        if not path.is_file():
+            raise DataError(f"no dataset at {directory}: {FACES_FILE} is missing")
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["images"], data["labels"], data["splits"], data["source_ids"])
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc

@@ -1,0 +1,194 @@
+"""The ingest step: any FER2013 source -> a validated dataset artifact and its manifest."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from components.dataset import (
+    IMAGE_SIZE,
+    NO_SPLIT,
+    SPLITS,
+    TRAIN,
+    DataError,
+    FaceDataset,
+    write_json,
+)
+from components.ingest.readers import (
+    CsvHeaderError,
+    Item,
+    image_item,
+    is_image_entry,
+    read_csv_rows,
+    rejected,
+    split_from_name,
+)
+from components.ingest.sources import Source, open_source
+from components.labels import CLASS_NAMES, class_id_from_name
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "images", "csv")
+MANIFEST_FILE = "manifest.json"
+
+
+def ingest(source: str, output_dir: str | Path, data_format: str = "auto",
+           progress: bool = True) -> dict[str, Any]:
+    """Read every item of ``source`` into ``output_dir`` (``faces.npz`` + ``manifest.json``).
+
+    ``source``: a directory, a ``.zip``, a ``.csv`` file, or ``gs://bucket/prefix`` (any of
+    those in a bucket). ``data_format``: ``images`` (``[<split>/]<class>/<file>``), ``csv``
+    (FER2013 ``emotion,pixels[,Usage]``) or ``auto`` (images if there are any, else CSV).
+
+    Bad items are rejected with a reason and reported; the run goes on. Raises
+    :class:`DataError` when the source does not exist, holds no valid item, or a class has
+    no training example. Returns the manifest.
+    """
+    if data_format not in FORMATS:
+        raise ValueError(f"data_format must be one of {FORMATS}, got {data_format!r}")
+    with open_source(source) as src:
+        fmt, entries, ignored = _select_entries(src, data_format)
+        if fmt == "images":
+            items = _read_image_folders(src, entries)
+        else:
+            items = _read_csv_files(src, entries)
+        dataset, rejects = _collect(items, total=len(entries) if fmt == "images" else None,
+                                    progress=progress, desc=f"ingest {source}")
+
+    manifest = build_manifest(source, fmt, dataset, rejects, ignored)
+    if len(dataset) == 0:
+        reasons = ", ".join(f"{k} ({v})" for k, v in manifest["rejection_reasons"].items())
+        raise DataError(f"{source} holds no valid item: {manifest['items_read']} read, "
+                        f"all rejected ({reasons or 'no items found'})")
+    require_training_examples(dataset, where=source)
+    dataset.save(output_dir)
+    write_json(Path(output_dir) / MANIFEST_FILE, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _select_entries(src: Source, data_format: str) -> tuple[str, list[str], list[str]]:
+    images = [e for e in src.entries if is_image_entry(e)]
+    csvs = [e for e in src.entries if PurePosixPath(e).suffix.lower() == ".csv"]
+    if data_format == "auto":
+        data_format = "images" if images else "csv"
+    chosen = images if data_format == "images" else csvs
+    if not chosen:
+        raise DataError(f"no {'image files' if data_format == 'images' else 'CSV files'} "
+                        f"found in {src.uri} ({len(src.entries)} files looked at)")
+    chosen_set = set(chosen)
+    ignored = [e for e in src.entries if e not in chosen_set]
+    return data_format, chosen, ignored
+
+
+def _read_image_folders(src: Source, entries: list[str]) -> Iterator[Item]:
+    """``[.../][<split>/]<class>/<file>``: the class folder names the label, its parent the split."""
+    plan: list[tuple[str, int, str]] = []
+    unknown: Counter[str] = Counter()
+    loose: list[str] = []
+    for entry in entries:
+        parts = PurePosixPath(entry).parts
+        if len(parts) < 2:
+            loose.append(entry)
+            continue
+        label = class_id_from_name(parts[-2])
+        if label is None:
+            unknown[parts[-2]] += 1
+            continue
+        split = split_from_name(parts[-3]) if len(parts) >= 3 else NO_SPLIT
+        plan.append((entry, label, split))
+    if unknown:
+        listed = ", ".join(f"{name!r} ({n} files)" for name, n in sorted(unknown.items()))
+        raise DataError(f"unknown class folder names in {src.uri}: {listed}. Class folders must "
+                        f"be named after FER2013 classes: {', '.join(CLASS_NAMES)} "
+                        f"(or their ids 0-6, or aliases like 'anger', 'happiness', 'surprised')")
+    for entry in loose:
+        yield rejected(entry, "not_in_class_folder", "image is not inside a class folder")
+    labels = {entry: (label, split) for entry, label, split in plan}
+    for entry, data in src.read_many(e for e, _, _ in plan):
+        label, split = labels[entry]
+        yield image_item(entry, data, label, split)
+
+
+def _read_csv_files(src: Source, entries: list[str]) -> Iterator[Item]:
+    for entry in entries:
+        try:
+            yield from read_csv_rows(entry, src.read(entry))
+        except CsvHeaderError as exc:
+            raise DataError(f"{src.uri}: {exc}") from exc
+        except OSError as exc:
+            raise DataError(f"cannot read {entry} in {src.uri}: {exc}") from exc
+
+
+def _collect(items: Iterable[Item], total: int | None, progress: bool,
+             desc: str) -> tuple[FaceDataset, list[Item]]:
+    faces: list[np.ndarray] = []
+    labels: list[int] = []
+    splits: list[str] = []
+    ids: list[str] = []
+    rejects: list[Item] = []
+    for item in tqdm(items, total=total, desc=desc, unit="img", disable=not progress,
+                     mininterval=1.0):
+        if item.accepted:
+            faces.append(item.face)
+            labels.append(item.label)
+            splits.append(item.split)
+            ids.append(item.source_id)
+        else:
+            rejects.append(item)
+    images = np.stack(faces) if faces else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    dataset = FaceDataset(images, np.array(labels, dtype=np.int64), np.array(splits, dtype=str),
+                          np.array(ids, dtype=str))
+    return dataset, rejects
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def class_counts(labels: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    return {name: int(n) for name, n in zip(CLASS_NAMES, counts)}
+
+
+def counts_by_split(dataset: FaceDataset) -> dict[str, dict[str, int]]:
+    """``{split: {class_name: n}}`` for the splits present, ``unsplit`` for items without one."""
+    out = {}
+    for split in (*SPLITS, NO_SPLIT):
+        mask = dataset.splits == split
+        if mask.any():
+            out[split or "unsplit"] = class_counts(dataset.labels[mask])
+    return out
+
+
+def build_manifest(source: str, fmt: str, dataset: FaceDataset, rejects: list[Item],
+                   ignored: list[str]) -> dict[str, Any]:
+    return {
+        "source": source,
+        "format": fmt,
+        "items_read": len(dataset) + len(rejects),
+        "accepted": len(dataset),
+        "rejected": len(rejects),
+        "counts": counts_by_split(dataset),
+        "rejection_reasons": dict(Counter(r.reason_code for r in rejects).most_common()),
+        "rejected_items": [{"item": r.source_id, "code": r.reason_code, "reason": r.reason}
+                           for r in rejects],
+        "ignored_files": ignored,
+    }
+
+
+def require_training_examples(dataset: FaceDataset, where: str) -> None:
+    """Fail when a class has no training example (in the train split, if there is one)."""
+    train = dataset.labels[dataset.splits == TRAIN] if (dataset.splits == TRAIN).any() else dataset.labels
+    missing = [CLASS_NAMES[i] for i, n in enumerate(np.bincount(train, minlength=len(CLASS_NAMES)))
+               if n == 0]
+    if missing:
+        raise DataError(f"{where}: no training example for class(es) {', '.join(missing)}; "
+                        f"every FER2013 class needs at least one")

@@ -1,0 +1,36 @@
+"""Google Cloud Storage access shared by the steps that read or write ``gs://`` URIs.
+
+Credentials follow Google's Application Default Credentials. When
+``STORAGE_EMULATOR_HOST`` is set (a local GCS emulator), the client talks to the
+emulator with anonymous credentials instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+
+def is_gcs_uri(uri: str) -> bool:
+    return uri.startswith("gs://")
+
+
+def split_gcs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    if not is_gcs_uri(uri):
+        raise ValueError(f"not a gs:// URI: {uri!r}")
+    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"gs:// URI without a bucket: {uri!r}")
+    return bucket, prefix
+
+
+def gcs_client() -> storage.Client:
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return storage.Client(
+            credentials=AnonymousCredentials(),
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
+        )
+    return storage.Client()
