@@ -62,13 +62,14 @@ def ingest(source: str, output_dir: str | Path, data_format: str = "auto",
                                     progress=progress, desc=f"ingest {source}")
 
     manifest = build_manifest(source, fmt, dataset, rejects, ignored)
+    # The manifest is written first: when the data is unusable it tells the user why.
+    write_json(Path(output_dir) / MANIFEST_FILE, manifest)
     if len(dataset) == 0:
         reasons = ", ".join(f"{k} ({v})" for k, v in manifest["rejection_reasons"].items())
         raise DataError(f"{source} holds no valid item: {manifest['items_read']} read, "
                         f"all rejected ({reasons or 'no items found'})")
     require_training_examples(dataset, where=source)
     dataset.save(output_dir)
-    write_json(Path(output_dir) / MANIFEST_FILE, manifest)
     return manifest
 
 

@@ -1,0 +1,154 @@
+"""Data report: class distribution chart, sample faces, and a summary (text, Markdown, HTML).
+
+The HTML embeds its pictures, so it renders on its own as a KFP UI artifact.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from components.dataset import SPLITS, TRAIN, FaceDataset, read_json
+from components.ingest.ingest import MANIFEST_FILE
+from components.labels import CLASS_NAMES
+from components.preprocess import REPORT_FILE
+
+DISTRIBUTION_PNG = "class_distribution.png"
+SAMPLES_PNG = "sample_faces.png"
+_SPLIT_COLOURS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868", "unsplit": "#8172B3"}
+
+
+def data_report(dataset_dir: str | Path, output_dir: str | Path,
+                class_weights: dict[int, float] | None = None, samples_per_class: int = 8,
+                seed: int = 0) -> dict[str, Path]:
+    """Write the charts and summaries for a preprocessed dataset; return their paths."""
+    dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dataset = FaceDataset.load(dataset_dir)
+    manifest = read_json(dataset_dir / MANIFEST_FILE)
+    report = read_json(dataset_dir / REPORT_FILE)
+
+    paths = {
+        "distribution": plot_class_distribution(report["counts"], output_dir / DISTRIBUTION_PNG),
+        "samples": plot_sample_faces(dataset, output_dir / SAMPLES_PNG, samples_per_class, seed),
+    }
+    text = format_summary(manifest, report, class_weights)
+    paths["markdown"] = output_dir / "report.md"
+    paths["markdown"].write_text(_markdown(text, paths))
+    paths["html"] = output_dir / "report.html"
+    paths["html"].write_text(_html(text, paths))
+    return paths
+
+
+def plot_class_distribution(counts: dict[str, dict[str, int]], path: Path) -> Path:
+    fig = Figure(figsize=(9, 4.5), dpi=100)
+    ax = fig.subplots()
+    splits = list(counts)
+    width = 0.8 / len(splits)
+    x = np.arange(len(CLASS_NAMES))
+    for k, split in enumerate(splits):
+        values = [counts[split].get(name, 0) for name in CLASS_NAMES]
+        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, values, width,
+                      label=f"{split} ({sum(values):,})", color=_SPLIT_COLOURS.get(split))
+        ax.bar_label(bars, fontsize=7, padding=1)
+    ax.set_xticks(x, [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)])
+    ax.set_ylabel("faces")
+    ax.set_title("Class distribution per split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_sample_faces(dataset: FaceDataset, path: Path, per_class: int, seed: int) -> Path:
+    """A grid: one row per class, ``per_class`` random faces (from train when present)."""
+    rng = np.random.default_rng(seed)
+    source = dataset.split(TRAIN) if (dataset.splits == TRAIN).any() else dataset
+    fig = Figure(figsize=(per_class * 0.9 + 1.2, len(CLASS_NAMES) * 0.95), dpi=100)
+    axes = fig.subplots(len(CLASS_NAMES), per_class, squeeze=False)
+    for cls, row in enumerate(axes):
+        members = np.flatnonzero(source.labels == cls)
+        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for k, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if k < len(chosen):
+                ax.imshow(source.images[chosen[k]], cmap="gray", vmin=0, vmax=255)
+        row[0].set_ylabel(CLASS_NAMES[cls], rotation=0, ha="right", va="center")
+    fig.suptitle("Sample faces per class")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def format_summary(manifest: dict[str, Any], report: dict[str, Any] | None = None,
+                   class_weights: dict[int, float] | None = None) -> str:
+    """The plain-text summary the CLI prints: items, rejects, splits, duplicates, weights."""
+    lines = [
+        f"source:   {manifest['source']} ({manifest['format']})",
+        f"items:    {manifest['items_read']:,} read = {manifest['accepted']:,} accepted "
+        f"+ {manifest['rejected']:,} rejected",
+    ]
+    for code, n in manifest["rejection_reasons"].items():
+        lines.append(f"  rejected {n:,} x {code}")
+    for item in manifest["rejected_items"][:10]:
+        lines.append(f"    {item['item']}: {item['reason']}")
+    if manifest["rejected"] > 10:
+        lines.append(f"    ... {manifest['rejected'] - 10:,} more in manifest.json")
+    if manifest["ignored_files"]:
+        lines.append(f"ignored:  {len(manifest['ignored_files'])} non-data file(s): "
+                     + ", ".join(manifest["ignored_files"][:5]))
+    lines += ["", "accepted, by the source's split:", _counts_table(manifest["counts"])]
+    if report:
+        dup = report["duplicates"]
+        lines += [
+            "",
+            "final splits:",
+            _counts_table(report["counts"]),
+            f"splits:   {report['split_rule']} (seed {report['seed']}); "
+            f"evaluation on {report['evaluation_split']}",
+            f"duplicates: {dup['groups']:,} groups of identical images, "
+            f"{dup['cross_split_groups']:,} across splits, "
+            f"{dup['train_items_also_in_val_or_test']:,} train items also in val/test "
+            f"({dup['dropped_from_train']:,} dropped), "
+            f"{dup['groups_with_conflicting_labels']:,} with conflicting labels",
+        ]
+    if class_weights:
+        lines.append("class weights: " + ", ".join(
+            f"{CLASS_NAMES[i]} {w:.3f}" for i, w in sorted(class_weights.items())))
+    return "\n".join(lines)
+
+
+def _counts_table(counts: dict[str, dict[str, int]]) -> str:
+    order = [s for s in (*SPLITS, "unsplit") if s in counts]
+    head = f"{'id':>2} {'class':<9}" + "".join(f"{s:>9}" for s in order)
+    rows = [head]
+    for i, name in enumerate(CLASS_NAMES):
+        rows.append(f"{i:>2} {name:<9}" + "".join(f"{counts[s].get(name, 0):>9,}" for s in order))
+    rows.append(f"{'':>2} {'total':<9}" + "".join(f"{sum(counts[s].values()):>9,}" for s in order))
+    return "\n".join(rows)
+
+
+def _markdown(text: str, paths: dict[str, Path]) -> str:
+    return ("# FER2013 data report\n\n```\n" + text + "\n```\n\n"
+            f"![class distribution]({paths['distribution'].name})\n\n"
+            f"![sample faces]({paths['samples'].name})\n")
+
+
+def _html(text: str, paths: dict[str, Path]) -> str:
+    def img(path: Path, alt: str) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="max-width:100%">'
+
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>FER2013 data report</title>"
+            "</head><body><h1>FER2013 data report</h1>"
+            f"<pre>{html.escape(text)}</pre>"
+            f"{img(paths['distribution'], 'class distribution')}"
+            f"{img(paths['samples'], 'sample faces')}</body></html>\n")

@@ -1,0 +1,1 @@
+"""The pipeline: KFP wiring, compile, local runs and cluster submission, and the CLI."""

@@ -1,0 +1,99 @@
+"""``fer-pipeline``: the project's one command line entry point.
+
+Subcommands:
+  data    ingest, preprocess and class-weight a FER2013 source; print the manifest summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from components.class_weights import MODES as WEIGHT_MODES
+from components.class_weights import class_weights
+from components.dataset import DataError
+from components.ingest import ingest
+from components.ingest.ingest import FORMATS, MANIFEST_FILE
+from components.preprocess import preprocess
+from components.report import data_report, format_summary
+
+
+def run_data_steps(source: str, out: Path, data_format: str = "auto", val_fraction: float = 0.1,
+                   test_fraction: float = 0.1, seed: int = 42, drop_duplicates: bool = False,
+                   weights_mode: str = "balanced", report: bool = True,
+                   progress: bool = True) -> dict:
+    """Run ingest -> preprocess -> class weights (-> data report) into ``out``."""
+    manifest = ingest(source, out / "ingested", data_format, progress=progress)
+    prep = preprocess(out / "ingested", out / "dataset", val_fraction, test_fraction, seed,
+                      drop_duplicates)
+    weights = class_weights(out / "dataset", out / "class_weights.json", weights_mode)
+    paths = data_report(out / "dataset", out / "report", weights) if report else {}
+    return {"manifest": manifest, "preprocess": prep, "class_weights": weights,
+            "report": {k: str(v) for k, v in paths.items()}}
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    manifest = out / "ingested" / MANIFEST_FILE
+    manifest.unlink(missing_ok=True)
+    try:
+        result = run_data_steps(args.source, out, args.format, args.val_fraction,
+                                args.test_fraction, args.seed, args.drop_duplicates,
+                                args.class_weights, report=not args.no_report,
+                                progress=not args.quiet)
+    except DataError:
+        if manifest.is_file():  # ingest wrote what it read before the data was found unusable
+            print(format_summary(json.loads(manifest.read_text())))
+        raise
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_summary(result["manifest"], result["preprocess"], result["class_weights"]))
+        print(f"\nwritten to {args.out}/ (dataset/, class_weights.json"
+              f"{', report/report.html' if result['report'] else ''})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fer-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="ingest, split and class-weight a FER2013 source",
+                          description="Ingest a FER2013 source (directory, .zip, .csv or "
+                          "gs://bucket/prefix), split it, compute class weights and print "
+                          "the manifest summary.")
+    data.add_argument("source", help="directory, .zip, .csv, or gs://bucket/prefix")
+    data.add_argument("--out", default="runs/data", help="output directory (default: %(default)s)")
+    data.add_argument("--format", choices=FORMATS, default="auto",
+                      help="source format (default: %(default)s: images if any, else CSV)")
+    data.add_argument("--val-fraction", type=float, default=0.1,
+                      help="val slice of train when the source has no val split")
+    data.add_argument("--test-fraction", type=float, default=0.1,
+                      help="test share when the source has no split at all")
+    data.add_argument("--seed", type=int, default=42)
+    data.add_argument("--drop-duplicates", action="store_true",
+                      help="drop train images that also appear in val or test")
+    data.add_argument("--class-weights", choices=WEIGHT_MODES, default="balanced")
+    data.add_argument("--no-report", action="store_true", help="skip the charts and HTML report")
+    data.add_argument("--json", action="store_true", help="print the full result as JSON")
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
+    data.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
