@@ -112,6 +112,7 @@ def format_summary(manifest: dict[str, Any], report: dict[str, Any] | None = Non
             "",
             "final splits:",
             _counts_table(report["counts"]),
+            "",
             f"splits:   {report['split_rule']} (seed {report['seed']}); "
             f"evaluation on {report['evaluation_split']}",
             f"duplicates: {dup['groups']:,} groups of identical images, "

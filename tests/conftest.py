@@ -1,0 +1,82 @@
+"""Shared fixtures: small real subsets of ../shared/fer2013, and a real GCS emulator."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.labels import CLASS_NAMES
+
+FER_ROOT = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
+
+
+def fer_root() -> Path:
+    if not (FER_ROOT / "train").is_dir():
+        pytest.fail(f"FER2013 not found at {FER_ROOT}: the tests need ../shared/fer2013 "
+                    f"beside the repository")
+    return FER_ROOT
+
+
+def real_faces(split: str, class_name: str, n: int) -> list[Path]:
+    """The first ``n`` real FER2013 files of a class (sorted, so tests are repeatable)."""
+    files = sorted((fer_root() / split / class_name).iterdir())[:n]
+    assert len(files) == n
+    return files
+
+
+def make_subset(root: Path, per_class: dict[str, int], class_dir=lambda name: name) -> Path:
+    """Copy real faces into ``root/<split>/<class_dir(class)>/`` (a tmp dir, never the repo)."""
+    for split, n in per_class.items():
+        for name in CLASS_NAMES:
+            target = root / split / class_dir(name)
+            target.mkdir(parents=True, exist_ok=True)
+            for f in real_faces(split, name, n):
+                shutil.copy(f, target / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def subset(tmp_path_factory) -> Path:
+    """3 train and 2 test real faces per class: 21 + 14 images, like ../shared/fer2013."""
+    return make_subset(tmp_path_factory.mktemp("fer") / "fer2013", {"train": 3, "test": 2})
+
+
+def face_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real GCS emulator (gcp-storage-emulator) on 127.0.0.1, used through google-cloud-storage."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    yield server
+    mp.undo()
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request):
+    """A fresh, empty bucket on the emulator."""
+    from components.storage import gcs_client
+
+    name = "fer-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    return gcs_client().create_bucket(name)
