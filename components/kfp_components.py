@@ -1,11 +1,10 @@
 """Thin KFP wrappers: map artifacts to paths, call the step's logic, record metadata.
 
-No logic lives here. Each wrapper is a lightweight Python component whose body imports
+No logic lives here (and no ``from __future__ import annotations``: KFP reads the
+annotations as types). Each wrapper is a lightweight Python component whose body imports
 the installed project, so the same definition runs locally under
 ``kfp.local.SubprocessRunner(use_venv=False)`` and on a cluster on the training image.
 """
-
-from __future__ import annotations
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output

@@ -121,13 +121,14 @@ def stratified_slice(labels: np.ndarray, pool: np.ndarray, fraction: float,
                      rng: np.random.Generator) -> np.ndarray:
     """Pick ``round(fraction * n)`` items of each class from ``pool`` (indices), at random.
 
-    A class always keeps at least one item in the pool, so a rare class is never moved
-    out of training entirely.
+    A class of two or more items gives at least one, so small data still gets a non-empty
+    slice, and always keeps at least one in the pool, so a rare class is never moved out
+    of training entirely.
     """
     picked = []
     for cls in np.unique(labels[pool]):
         members = pool[labels[pool] == cls]
-        take = min(int(round(fraction * len(members))), len(members) - 1)
+        take = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
         if take > 0:
             picked.append(rng.choice(members, size=take, replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
