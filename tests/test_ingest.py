@@ -373,3 +373,23 @@ def test_in_memory_bytes_decode_like_files(subset):
     buf = io.BytesIO()
     Image.new("RGB", (10, 10), (255, 0, 0)).save(buf, "PNG")
     assert decode_face(buf.getvalue()).shape == (48, 48)
+
+
+def test_corrupt_zip_member_is_a_read_error(subset, tmp_path):
+    archive = tmp_path / "fer.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(subset.rglob("*.jpg")):
+            zf.write(f, f.relative_to(subset).as_posix())
+    victim = "train/happy/" + real_faces("train", "happy", 1)[0].name
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(victim)
+        offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 100
+    raw = bytearray(archive.read_bytes())
+    raw[offset] ^= 0xFF  # flip one byte inside the stored member: its CRC no longer matches
+    archive.write_bytes(bytes(raw))
+    manifest = ingest(str(archive), tmp_path / "out", progress=False)
+    assert_invariant(manifest)
+    assert manifest["accepted"] == 34
+    (item,) = manifest["rejected_items"]
+    assert item["item"] == victim and item["code"] == "read_error"
+    assert "CRC" in item["reason"]
