@@ -27,12 +27,12 @@ def ingest_op(source: str, data_format: str, dataset: Output[Dataset], metrics: 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def preprocess_op(dataset: Input[Dataset], val_fraction: float, test_fraction: float, seed: int,
-                  drop_duplicates: bool, splits: Output[Dataset]):
+                  drop_duplicates: bool, max_train_per_class: int, splits: Output[Dataset]):
     """Assign train/val/test, report duplicates, record the normalisation."""
     from components.preprocess import preprocess
 
     report = preprocess(dataset.path, splits.path, val_fraction, test_fraction, seed,
-                        drop_duplicates)
+                        drop_duplicates, max_train_per_class)
     splits.metadata.update({"split_rule": report["split_rule"], "counts": report["counts"],
                             "evaluation_split": report["evaluation_split"]})
 

@@ -28,6 +28,7 @@ from components.dataset import (
     write_json,
 )
 from components.ingest.ingest import MANIFEST_FILE, counts_by_split, require_training_examples
+from components.labels import NUM_CLASSES
 
 REPORT_FILE = "preprocess.json"
 
@@ -43,8 +44,12 @@ NORMALISATION = {
 
 def preprocess(dataset_dir: str | Path, output_dir: str | Path, val_fraction: float = 0.1,
                test_fraction: float = 0.1, seed: int = 42,
-               drop_duplicates_from_train: bool = False) -> dict[str, Any]:
+               drop_duplicates_from_train: bool = False,
+               max_train_per_class: int = 0) -> dict[str, Any]:
     """Split the ingested dataset in ``dataset_dir`` and write it to ``output_dir``.
+
+    ``max_train_per_class`` > 0 keeps a seeded sample of at most that many train items per
+    class (quick runs); val and test are never sampled.
 
     Writes ``faces.npz`` (every item with its final split), ``preprocess.json`` (rule used,
     counts, duplicate report, normalisation) and a copy of the ingest manifest. Returns the
@@ -53,6 +58,8 @@ def preprocess(dataset_dir: str | Path, output_dir: str | Path, val_fraction: fl
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 0.5:
             raise ValueError(f"{name} must be in (0, 0.5), got {value}")
+    if max_train_per_class < 0:
+        raise ValueError(f"max_train_per_class must be >= 0, got {max_train_per_class}")
     dataset = FaceDataset.load(dataset_dir)
     rng = np.random.default_rng(seed)
     splits, rule = assign_splits(dataset.labels, dataset.splits, val_fraction, test_fraction, rng)
@@ -65,11 +72,15 @@ def preprocess(dataset_dir: str | Path, output_dir: str | Path, val_fraction: fl
         keep[dropped] = False
         dataset = dataset.subset(keep)
     duplicates["dropped_from_train"] = int(len(dropped)) if drop_duplicates_from_train else 0
+    if max_train_per_class:
+        dataset = dataset.subset(limit_train_per_class(dataset, max_train_per_class, rng))
+        rule += f"; train sampled to at most {max_train_per_class} per class"
     require_training_examples(dataset, where=str(dataset_dir))
 
     report = {
         "split_rule": rule,
         "seed": seed,
+        "max_train_per_class": max_train_per_class,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "items": len(dataset),
@@ -132,6 +143,15 @@ def stratified_slice(labels: np.ndarray, pool: np.ndarray, fraction: float,
         if take > 0:
             picked.append(rng.choice(members, size=take, replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def limit_train_per_class(dataset: FaceDataset, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Mask keeping every val/test item and at most ``limit`` random train items per class."""
+    keep = dataset.splits != TRAIN
+    for cls in range(NUM_CLASSES):
+        members = np.flatnonzero((dataset.splits == TRAIN) & (dataset.labels == cls))
+        keep[rng.permutation(members)[:limit]] = True
+    return keep
 
 
 def find_duplicates(dataset: FaceDataset) -> dict[str, Any]:

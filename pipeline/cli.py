@@ -24,11 +24,11 @@ from components.report import data_report, format_summary
 def run_data_steps(source: str, out: Path, data_format: str = "auto", val_fraction: float = 0.1,
                    test_fraction: float = 0.1, seed: int = 42, drop_duplicates: bool = False,
                    weights_mode: str = "balanced", report: bool = True,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, max_train_per_class: int = 0) -> dict:
     """Run ingest -> preprocess -> class weights (-> data report) into ``out``."""
     manifest = ingest(source, out / "ingested", data_format, progress=progress)
     prep = preprocess(out / "ingested", out / "dataset", val_fraction, test_fraction, seed,
-                      drop_duplicates)
+                      drop_duplicates, max_train_per_class)
     weights = class_weights(out / "dataset", out / "class_weights.json", weights_mode)
     paths = data_report(out / "dataset", out / "report", weights) if report else {}
     return {"manifest": manifest, "preprocess": prep, "class_weights": weights,
@@ -43,7 +43,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         result = run_data_steps(args.source, out, args.format, args.val_fraction,
                                 args.test_fraction, args.seed, args.drop_duplicates,
                                 args.class_weights, report=not args.no_report,
-                                progress=not args.quiet)
+                                progress=not args.quiet,
+                                max_train_per_class=args.max_train_per_class)
     except DataError:
         if manifest.is_file():  # ingest wrote what it read before the data was found unusable
             print(format_summary(json.loads(manifest.read_text())))
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=42)
     data.add_argument("--drop-duplicates", action="store_true",
                       help="drop train images that also appear in val or test")
+    data.add_argument("--max-train-per-class", type=int, default=0, metavar="N",
+                      help="keep a seeded sample of at most N train faces per class (0: all)")
     data.add_argument("--class-weights", choices=WEIGHT_MODES, default="balanced")
     data.add_argument("--no-report", action="store_true", help="skip the charts and HTML report")
     data.add_argument("--json", action="store_true", help="print the full result as JSON")

@@ -32,7 +32,7 @@ def test_component_compiles_on_the_training_image(op, tmp_path):
 def data_steps(source: str):
     ing = ingest_op(source=source, data_format="auto")
     prep = preprocess_op(dataset=ing.outputs["dataset"], val_fraction=0.1, test_fraction=0.1,
-                         seed=7, drop_duplicates=False)
+                         seed=7, drop_duplicates=False, max_train_per_class=0)
     weights = class_weights_op(dataset=prep.outputs["splits"], mode="balanced")
     data_report_op(dataset=prep.outputs["splits"], weights=weights.outputs["weights"])
 

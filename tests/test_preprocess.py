@@ -167,3 +167,15 @@ def test_real_face_copied_across_splits_is_found(tmp_path):
     ingest(str(root), tmp_path / "ing", progress=False)
     dup = preprocess(tmp_path / "ing", tmp_path / "out")["duplicates"]
     assert dup["cross_split_groups"] == 1 and dup["groups_with_conflicting_labels"] == 1
+
+
+def test_max_train_per_class_samples_train_only(tmp_path):
+    labels = np.concatenate([np.repeat(np.arange(7), 10), np.tile(np.arange(7), 2)])
+    splits = [TRAIN] * 70 + [VAL] * 7 + [TEST] * 7
+    report, out = run(synthetic(labels, splits), tmp_path, max_train_per_class=4, seed=5)
+    assert report["counts"]["train"] == {n: 4 for n in report["counts"]["train"]}
+    assert report["counts"]["val"] == {n: 1 for n in report["counts"]["val"]}
+    assert report["counts"]["test"] == {n: 1 for n in report["counts"]["test"]}
+    assert "at most 4 per class" in report["split_rule"]
+    _, again = run(synthetic(labels, splits), tmp_path / "again", max_train_per_class=4, seed=5)
+    assert again.source_ids.tolist() == out.source_ids.tolist()

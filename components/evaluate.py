@@ -1,0 +1,152 @@
+"""Evaluate + gate: held-out metrics, confusion matrix, and the deploy decision.
+
+The gate passes only if macro F1 >= ``f1_threshold`` **and** there is no deployed champion
+or the candidate beats the champion's recorded macro F1 by at least ``min_improvement``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+from components.dataset import TEST, VAL, DataError, FaceDataset, write_json
+from components.labels import CLASS_NAMES, NUM_CLASSES
+from components.train.train import MODEL_FILE, predict_proba
+
+METRICS_FILE = "metrics.json"
+CONFUSION_PNG = "confusion_matrix.png"
+LABELS = list(range(NUM_CLASSES))
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reason: str
+    macro_f1: float
+    f1_threshold: float
+    champion_version: int | None
+    champion_macro_f1: float | None
+    min_improvement: float
+
+
+def gate(macro_f1: float, f1_threshold: float, champion: dict[str, Any] | None,
+         min_improvement: float) -> GateDecision:
+    """Decide whether a candidate may be deployed. ``champion``: ``{"version", "macro_f1"}``."""
+    champ_version = champion["version"] if champion else None
+    champ_f1 = float(champion["macro_f1"]) if champion else None
+    decision = GateDecision(False, "", macro_f1, f1_threshold, champ_version, champ_f1,
+                            min_improvement)
+    if macro_f1 < f1_threshold:
+        decision.reason = f"macro F1 {macro_f1:.4f} is below the threshold {f1_threshold:.4f}"
+    elif champion is None:
+        decision.passed = True
+        decision.reason = (f"macro F1 {macro_f1:.4f} >= threshold {f1_threshold:.4f} and no "
+                           f"champion is deployed")
+    elif macro_f1 >= champ_f1 + min_improvement:
+        decision.passed = True
+        decision.reason = (f"macro F1 {macro_f1:.4f} beats champion version {champ_version} "
+                           f"({champ_f1:.4f}) by {macro_f1 - champ_f1:+.4f} >= {min_improvement:.4f}")
+    else:
+        decision.reason = (f"macro F1 {macro_f1:.4f} does not beat champion version "
+                           f"{champ_version} ({champ_f1:.4f}) by {min_improvement:.4f} "
+                           f"(difference {macro_f1 - champ_f1:+.4f})")
+    return decision
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix, most-confused pairs."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=LABELS, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=LABELS)
+    off = [(int(cm[t, p]), t, p) for t in LABELS for p in LABELS if t != p and cm[t, p] > 0]
+    off.sort(reverse=True)
+    return {
+        "items": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="weighted",
+                                      zero_division=0)),
+        "per_class": {
+            CLASS_NAMES[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+            for i in LABELS
+        },
+        "confusion_matrix": cm.tolist(),
+        "most_confused": [
+            {"true": CLASS_NAMES[t], "predicted": CLASS_NAMES[p], "count": n,
+             "share_of_true": round(n / max(int(cm[t].sum()), 1), 4)}
+            for n, t, p in off[:5]
+        ],
+    }
+
+
+def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
+    fig = Figure(figsize=(7.5, 6.5), dpi=100)
+    ax = fig.subplots()
+    cm = np.asarray(cm)
+    normalized = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    disp = ConfusionMatrixDisplay(normalized, display_labels=CLASS_NAMES)
+    disp.plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=True)
+    ax.set_title(title)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (rows sum to 1)")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
+             f1_threshold: float, min_improvement: float,
+             champion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the model on test (val when there is no test) and decide the gate.
+
+    Writes ``metrics.json`` (metrics + decision) and ``confusion_matrix.png``; returns the
+    metrics with the decision under ``"gate"``.
+    """
+    data = FaceDataset.load(dataset_dir)
+    split = TEST if (data.splits == TEST).any() else VAL
+    held_out = data.split(split)
+    if len(held_out) == 0:
+        raise DataError(f"{dataset_dir}: no test or val items to evaluate on")
+    model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
+    y_pred = predict_proba(model, held_out.images).argmax(axis=1)
+    metrics = classification_metrics(held_out.labels, y_pred)
+    metrics["split"] = split
+    decision = gate(metrics["macro_f1"], f1_threshold, champion, min_improvement)
+    metrics["gate"] = asdict(decision)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(metrics["confusion_matrix"], output_dir / CONFUSION_PNG,
+                   f"Confusion on {split} ({len(held_out):,} faces), macro F1 "
+                   f"{metrics['macro_f1']:.3f}")
+    write_json(output_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def format_evaluation(metrics: dict[str, Any]) -> str:
+    lines = [f"evaluation on {metrics['split']} ({metrics['items']:,} faces): accuracy "
+             f"{metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, weighted F1 "
+             f"{metrics['weighted_f1']:.4f}",
+             f"{'class':<9} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:<9} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+                     f"{m['support']:>8,}")
+    if metrics["most_confused"]:
+        lines.append("most confused: " + "; ".join(
+            f"{c['true']} -> {c['predicted']} {c['count']} ({c['share_of_true']:.0%})"
+            for c in metrics["most_confused"][:3]))
+    gate_ = metrics["gate"]
+    lines.append(f"gate: {'PASSED' if gate_['passed'] else 'BLOCKED'}: {gate_['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""Export: a self-verified SavedModel that TensorFlow Serving loads.
+
+Signatures (the serving contract):
+
+* ``serving_default``: ``pixels`` float32 [N,48,48,1], values 0-255 ->
+  ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_name`` string [N];
+* ``predict_images``: ``image_bytes`` string [N] (JPEG/PNG/GIF/BMP of any size, colour or
+  gray; decoded, turned gray and resized in the graph) -> the same outputs. REST clients
+  send ``{"b64": "..."}``.
+
+``assets.extra/`` carries the label names and the run's metrics. The export reloads what it
+wrote and refuses to emit it unless the predictions match the Keras model on real faces.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from components.dataset import IMAGE_SIZE, TEST, VAL, FaceDataset, write_json
+from components.labels import CLASS_NAMES, NUM_CLASSES
+from components.train.train import MODEL_FILE, to_model_input
+
+SIGNATURE_PIXELS = "serving_default"
+SIGNATURE_IMAGES = "predict_images"
+ASSETS_EXTRA = "assets.extra"
+TOLERANCE = 1e-4
+
+PIXELS_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="pixels")
+IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+# What a served SavedModel must offer: signature -> (input name, dtype), output name -> dtype.
+CONTRACT = {
+    SIGNATURE_PIXELS: ("pixels", tf.float32),
+    SIGNATURE_IMAGES: ("image_bytes", tf.string),
+}
+OUTPUTS = {"probabilities": tf.float32, "class_id": tf.int64, "class_name": tf.string}
+
+Endpoints = dict[str, tuple[Callable[..., dict[str, tf.Tensor]], tf.TensorSpec]]
+
+
+class ExportError(Exception):
+    """The SavedModel does not honour the serving contract; nothing was emitted."""
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+    """One encoded image -> float32 [48,48,1] gray, values 0-255 (as ingest's Pillow path)."""
+    img = tf.io.decode_image(data, channels=0, expand_animations=False)
+    img = tf.image.convert_image_dtype(img, tf.float32) * 255.0  # uint8 or uint16 -> 0-255
+    channels = tf.shape(img)[-1]
+    gray = tf.case(
+        [(channels == 1, lambda: img[..., :1]), (channels == 2, lambda: img[..., :1])],
+        default=lambda: tf.image.rgb_to_grayscale(img[..., :3]),  # ITU-R 601 luma, like Pillow
+    )
+    gray.set_shape([None, None, 1])
+    size = tf.shape(gray)[:2]
+    return tf.cond(
+        tf.reduce_all(size == IMAGE_SIZE),
+        lambda: gray,
+        lambda: tf.image.resize(gray, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True),
+    )
+
+
+def serving_endpoints(model: keras.Model) -> Endpoints:
+    """The two signatures of the contract, over the Keras model."""
+    names = tf.constant(CLASS_NAMES)
+
+    def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = model(pixels, training=False)
+        class_id = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        return {"probabilities": probabilities, "class_id": class_id,
+                "class_name": tf.gather(names, class_id)}
+
+    def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.map_fn(decode_image, image_bytes,
+                           fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32))
+        return predict_pixels(pixels)
+
+    return {SIGNATURE_PIXELS: (predict_pixels, PIXELS_SPEC),
+            SIGNATURE_IMAGES: (predict_images, IMAGES_SPEC)}
+
+
+def write_saved_model(model: keras.Model, path: Path,
+                      endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, spec) in endpoints(model).items():
+        archive.add_endpoint(name=name, fn=fn, input_signature=[spec])
+    archive.write_out(str(path), verbose=False)
+
+
+def png_bytes(face: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
+                       tolerance: float = TOLERANCE) -> dict[str, float]:
+    """Reload the SavedModel and check its contract and predictions on real ``faces``.
+
+    Raises :class:`ExportError` naming the first problem. Returns the largest difference
+    in probability per signature.
+    """
+    loaded = tf.saved_model.load(str(path))
+    expected = model.predict(to_model_input(faces), verbose=0)
+    inputs = {SIGNATURE_PIXELS: tf.constant(to_model_input(faces)),
+              SIGNATURE_IMAGES: tf.constant([png_bytes(f) for f in faces])}
+    diffs = {}
+    for name, (input_name, dtype) in CONTRACT.items():
+        if name not in loaded.signatures:
+            raise ExportError(f"signature {name!r} is missing (has {sorted(loaded.signatures)})")
+        fn = loaded.signatures[name]
+        _, kwargs = fn.structured_input_signature
+        if list(kwargs) != [input_name] or kwargs[input_name].dtype != dtype:
+            raise ExportError(f"signature {name!r} takes {kwargs}, expected {input_name!r} {dtype.name}")
+        out = fn(**{input_name: inputs[name]})
+        for key, want in OUTPUTS.items():
+            if key not in out or out[key].dtype != want:
+                raise ExportError(f"signature {name!r} output {key!r} missing or not {want.name}: "
+                                  f"{ {k: v.dtype.name for k, v in out.items()} }")
+        probabilities = out["probabilities"].numpy()
+        if probabilities.shape != (len(faces), NUM_CLASSES):
+            raise ExportError(f"signature {name!r} returns probabilities of shape "
+                              f"{probabilities.shape}, expected {(len(faces), NUM_CLASSES)}")
+        diff = float(np.abs(probabilities - expected).max())
+        if diff > tolerance:
+            raise ExportError(f"signature {name!r} disagrees with the Keras model on real faces: "
+                              f"max |probability difference| {diff:.2e} > {tolerance:.0e}")
+        ids = out["class_id"].numpy()
+        names = [n.decode() for n in out["class_name"].numpy()]
+        if not np.array_equal(ids, expected.argmax(axis=1)) or names != [CLASS_NAMES[i] for i in ids]:
+            raise ExportError(f"signature {name!r} returns class ids or names that do not match "
+                              f"its probabilities and the FER2013 labels")
+        diffs[name] = diff
+    return diffs
+
+
+def sample_faces(dataset_dir: str | Path, n: int = 64, seed: int = 0) -> np.ndarray:
+    """Real faces for the self-check: from test (or val), seeded."""
+    data = FaceDataset.load(dataset_dir)
+    pool = data.split(TEST) if (data.splits == TEST).any() else data.split(VAL)
+    rng = np.random.default_rng(seed)
+    return pool.images[rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+
+
+def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
+           metrics: dict[str, Any] | None = None,
+           endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints) -> dict[str, Any]:
+    """Export the Keras model in ``model_dir`` as a verified SavedModel at ``output_dir``.
+
+    The SavedModel is written beside ``output_dir``, verified, then renamed into place; on
+    any mismatch it is deleted and :class:`ExportError` raised.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise ExportError(f"{output_dir} already exists and is not empty")
+    model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
+    faces = sample_faces(dataset_dir)
+    staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write_saved_model(model, staging, endpoints)
+        diffs = verify_saved_model(staging, model, faces)
+        extra = staging / ASSETS_EXTRA
+        extra.mkdir()
+        (extra / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        write_json(extra / "metrics.json", metrics or {})
+        if output_dir.exists():
+            output_dir.rmdir()
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"path": str(output_dir), "signatures": list(CONTRACT), "verified_on": len(faces),
+            "max_probability_difference": diffs}
