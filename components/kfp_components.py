@@ -7,7 +7,19 @@ the installed project, so the same definition runs locally under
 """
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
+from typing import List, NamedTuple
+
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 # The image every component runs on in a cluster (Dockerfile.train); set in one place.
 TRAIN_IMAGE = "ghcr.io/fer-pipeline/fer-train:0.1.0"
@@ -60,3 +72,103 @@ def data_report_op(dataset: Input[Dataset], weights: Input[Artifact], report: Ou
         paths = data_report(dataset.path, tmp, load_class_weights(weights.path))
         shutil.copyfile(paths["html"], report.path)
         shutil.copyfile(paths["markdown"], summary.path)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: str, epochs: int,
+             batch_size: int, learning_rate: float, seed: int, checkpoint_root: str,
+             model: Output[Model], curves: Output[HTML]):
+    """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable."""
+    from pathlib import Path
+
+    from components.report import html_page
+    from components.train import TrainConfig, train
+
+    checkpoint = f"{checkpoint_root}/{architecture}-seed{seed}" if checkpoint_root else None
+    config = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
+                         learning_rate=learning_rate, seed=seed, checkpoint_dir=checkpoint)
+    summary = train(dataset.path, weights.path, model.path, config)
+    model.metadata.update({k: v for k, v in summary.items() if k != "config"})
+    Path(curves.path).write_text(html_page(f"Training curves: {architecture}",
+                                           "", [Path(model.path) / "training_curves.png"]))
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def select_best_op(models: Input[List[Model]], best: Output[Model]) -> str:
+    """The variant with the best val macro F1 goes on; returns the leaderboard (JSON)."""
+    import json
+
+    from components.train import select_best
+
+    result = select_best([m.path for m in models], best.path)
+    best.metadata.update({"architecture": result["winner"]})
+    print(json.dumps(result, indent=2))
+    return json.dumps(result)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str, model_name: str,
+                f1_threshold: float, min_improvement: float, evaluation: Output[Artifact],
+                metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+                report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
+    """Held-out metrics and the gate against the deployed champion."""
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.deploy import find_champion
+    from components.evaluate import CONFUSION_PNG, evaluate, format_evaluation
+    from components.labels import CLASS_NAMES
+    from components.report import html_page
+
+    champion = find_champion(serving_base, model_name)
+    result = evaluate(model.path, dataset.path, evaluation.path, f1_threshold, min_improvement,
+                      champion)
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        metrics.log_metric(key, result[key])
+    for name, m in result["per_class"].items():
+        metrics.log_metric(f"f1_{name}", m["f1"])
+    confusion.log_confusion_matrix(list(CLASS_NAMES), result["confusion_matrix"])
+    text = format_evaluation(result)
+    print(text)
+    Path(report.path).write_text(html_page("Evaluation", text,
+                                           [Path(evaluation.path) / CONFUSION_PNG]))
+    outputs = namedtuple("Outputs", ["passed", "decision"])
+    return outputs(result["gate"]["passed"], json.dumps(result["gate"]))
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def export_op(model: Input[Model], dataset: Input[Dataset], evaluation: Input[Artifact],
+              saved_model: Output[Model]):
+    """A SavedModel for TF Serving, verified against the Keras model before it is emitted."""
+    import json
+    from pathlib import Path
+
+    from components.export import export
+
+    metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
+    result = export(model.path, dataset.path, saved_model.path, metrics)
+    saved_model.metadata.update(result)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def deploy_op(saved_model: Input[Model], serving_base: str, model_name: str) -> str:
+    """Publish as the next version under ``serving_base/model_name`` (JSON result)."""
+    import json
+
+    from components.deploy import deploy
+
+    result = deploy(saved_model.path, serving_base, model_name)
+    print(result["reason"], "->", result["path"])
+    return json.dumps(result)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def skip_deploy_op(decision: str) -> str:
+    """The gate blocked the candidate: say why, deploy nothing (JSON result)."""
+    import json
+
+    reason = json.loads(decision)["reason"]
+    print(f"not deployed: {reason}")
+    return json.dumps({"created": False, "version": None, "path": None,
+                       "reason": f"not deployed: {reason}"})

@@ -41,7 +41,8 @@ def data_report(dataset_dir: str | Path, output_dir: str | Path,
     paths["markdown"] = output_dir / "report.md"
     paths["markdown"].write_text(_markdown(text, paths))
     paths["html"] = output_dir / "report.html"
-    paths["html"].write_text(_html(text, paths))
+    paths["html"].write_text(html_page("FER2013 data report", text,
+                                       [paths["distribution"], paths["samples"]]))
     return paths
 
 
@@ -143,13 +144,12 @@ def _markdown(text: str, paths: dict[str, Path]) -> str:
             f"![sample faces]({paths['samples'].name})\n")
 
 
-def _html(text: str, paths: dict[str, Path]) -> str:
-    def img(path: Path, alt: str) -> str:
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="max-width:100%">'
-
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>FER2013 data report</title>"
-            "</head><body><h1>FER2013 data report</h1>"
-            f"<pre>{html.escape(text)}</pre>"
-            f"{img(paths['distribution'], 'class distribution')}"
-            f"{img(paths['samples'], 'sample faces')}</body></html>\n")
+def html_page(title: str, text: str, images: list[Path]) -> str:
+    """A self-contained HTML page (pictures embedded), for KFP's HTML artifact viewer."""
+    imgs = "".join(
+        f'<img alt="{html.escape(p.stem)}" style="max-width:100%" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in images)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title></head><body><h1>{html.escape(title)}</h1>"
+            f"<pre>{html.escape(text)}</pre>{imgs}</body></html>\n")

@@ -1,7 +1,9 @@
 """``fer-pipeline``: the project's one command line entry point.
 
 Subcommands:
-  data    ingest, preprocess and class-weight a FER2013 source; print the manifest summary
+  data     ingest, preprocess and class-weight a FER2013 source; print the manifest summary
+  run      run the whole pipeline locally (kfp.local): train, gate, export, deploy
+  compile  write the pipeline's KFP IR YAML (for a Kubeflow Pipelines cluster)
 """
 
 from __future__ import annotations
@@ -58,6 +60,66 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_parameters(args: argparse.Namespace) -> dict:
+    from pipeline.profiles import profile_parameters
+
+    archs = [a.strip() for a in args.architectures.split(",")] if args.architectures else None
+    return profile_parameters(
+        args.profile, source=args.source, serving_base=args.serving_base,
+        model_name=args.model_name, architectures=archs, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        f1_threshold=args.f1_threshold, min_improvement=args.min_improvement, seed=args.seed,
+        max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from components.train.models import MODEL_BUILDERS
+    from pipeline.local_run import format_run_summary, run_local
+
+    params = _pipeline_parameters(args)
+    unknown = sorted(set(params["architectures"]) - set(MODEL_BUILDERS))
+    if unknown:
+        raise DataError(f"unknown architecture(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(MODEL_BUILDERS))}")
+    summary = run_local(params, args.pipeline_root)
+    print(format_run_summary(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from pipeline.pipeline import compile_pipeline
+
+    params = _pipeline_parameters(args)
+    print(compile_pipeline(args.output, params))
+    return 0
+
+
+def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | None) -> None:
+    from pipeline.profiles import PROFILES
+
+    p.add_argument("--profile", choices=list(PROFILES), default="smoke",
+                   help="parameter set (default: %(default)s); the flags below override it")
+    p.add_argument("--source", default=source_default,
+                   help="FER2013 source: directory, .zip, .csv or gs://bucket/prefix")
+    p.add_argument("--serving-base", default="runs/serving",
+                   help="TF Serving model base: local directory or gs:// (default: %(default)s)")
+    p.add_argument("--model-name", default="fer")
+    p.add_argument("--architectures", help="comma-separated, e.g. baseline_cnn,vgg19")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--f1-threshold", type=float, help="minimum test macro F1 to deploy")
+    p.add_argument("--min-improvement", type=float,
+                   help="macro F1 by which a candidate must beat the deployed champion")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-train-per-class", type=int, metavar="N")
+    p.add_argument("--checkpoint-root", default=None,
+                   help="keep per-epoch checkpoints here so a killed run resumes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fer-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--json", action="store_true", help="print the full result as JSON")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     data.set_defaults(func=_cmd_data)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally with kfp.local",
+                         description="Run the pipeline on this machine (kfp.local, no cluster "
+                         "and no Docker) and print per-variant metrics, the winner, the gate "
+                         "decision and the deployed version.")
+    _add_pipeline_arguments(run, source_default="../shared/fer2013")
+    run.add_argument("--pipeline-root", default="runs/kfp",
+                     help="where kfp.local keeps the artifacts (default: %(default)s)")
+    run.add_argument("--summary-json", help="also write the run summary to this file")
+    run.set_defaults(func=_cmd_run)
+
+    comp = sub.add_parser("compile", help="write the pipeline's KFP IR YAML",
+                          description="Compile the pipeline to KFP IR YAML; the profile and "
+                          "flags become the parameters' defaults.")
+    _add_pipeline_arguments(comp, source_default=None)
+    comp.set_defaults(profile="full")
+    comp.add_argument("--output", "-o", default="fer_pipeline.yaml")
+    comp.set_defaults(func=_cmd_compile)
     return parser
 
 

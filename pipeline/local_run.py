@@ -1,0 +1,63 @@
+"""Run the pipeline on this machine with ``kfp.local`` (no cluster, no Docker)."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+
+from pipeline.pipeline import fer_pipeline
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, Any]:
+    """Run the whole pipeline through ``kfp.local.SubprocessRunner`` in this environment.
+
+    Local paths in ``source``, ``serving_base`` and ``checkpoint_root`` are made absolute.
+    Returns the run summary: per-variant metrics, winner, gate decision, deployment.
+    """
+    params = dict(params)
+    for key in ("source", "serving_base", "checkpoint_root"):
+        value = params.get(key)
+        if value and "://" not in value:
+            params[key] = str(Path(value).expanduser().resolve())
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # The tasks run in this environment, where the project is installed, not in the image.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        task = fer_pipeline(**params)
+    return {
+        "parameters": params,
+        "pipeline_root": str(root),
+        "seconds": round(time.perf_counter() - start, 1),
+        "selection": json.loads(task.outputs["leaderboard"]),
+        "gate": json.loads(task.outputs["decision"]),
+        "deployment": json.loads(task.outputs["deployment"]),
+    }
+
+
+def format_run_summary(summary: dict[str, Any]) -> str:
+    lines = ["", "=" * 72, f"pipeline finished in {summary['seconds']:.0f} s", "variants:"]
+    for row in summary["selection"]["leaderboard"]:
+        lines.append(f"  {row['architecture']:<16} val macro F1 {row['val_macro_f1']:.4f}  "
+                     f"val accuracy {row['val_accuracy']:.4f}  epochs {row['epochs_run']}")
+    gate = summary["gate"]
+    lines.append(f"winner:   {summary['selection']['winner']}")
+    lines.append(f"test:     macro F1 {gate['macro_f1']:.4f} (threshold {gate['f1_threshold']}, "
+                 f"champion {gate['champion_version'] or 'none'})")
+    lines.append(f"gate:     {'PASSED' if gate['passed'] else 'BLOCKED'}: {gate['reason']}")
+    dep = summary["deployment"]
+    if dep.get("created"):
+        lines.append(f"deployed: version {dep['version']} at {dep['path']}")
+    elif dep.get("version"):
+        lines.append(f"deployed: nothing new; {dep['reason']} ({dep['path']})")
+    else:
+        lines.append(f"deployed: nothing; {dep['reason'].removeprefix('not deployed: ')}")
+    return "\n".join(lines)
