@@ -144,12 +144,19 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
     return diffs
 
 
-def sample_faces(dataset_dir: str | Path, n: int = 64, seed: int = 0) -> np.ndarray:
-    """Real faces for the self-check: from test (or val), seeded."""
+def sample_faces(dataset_dir: str | Path, model: keras.Model, n: int = 64,
+                 seed: int = 0) -> np.ndarray:
+    """Real faces for the self-check, from test (or val): one for every class the model
+    predicts on a seeded pool of 512, so each class name it can return is checked, then
+    random others up to ``n``."""
     data = FaceDataset.load(dataset_dir)
     pool = data.split(TEST) if (data.splits == TEST).any() else data.split(VAL)
     rng = np.random.default_rng(seed)
-    return pool.images[rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+    candidates = rng.permutation(len(pool))[:512]
+    predicted = model.predict(to_model_input(pool.images[candidates]), verbose=0).argmax(axis=1)
+    _, first = np.unique(predicted, return_index=True)  # one face per predicted class
+    rest = np.setdiff1d(candidates, candidates[first])[: max(n - len(first), 0)]
+    return pool.images[np.concatenate([candidates[first], rest])]
 
 
 def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
@@ -164,7 +171,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ExportError(f"{output_dir} already exists and is not empty")
     model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
-    faces = sample_faces(dataset_dir)
+    faces = sample_faces(dataset_dir, model)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         write_saved_model(model, staging, endpoints)

@@ -80,3 +80,30 @@ def gcs_bucket(gcs_emulator, request):
 
     name = "fer-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     return gcs_client().create_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def small_fer(tmp_path_factory) -> Path:
+    """A few hundred real faces: 30 train and 10 test per class (280)."""
+    return make_subset(tmp_path_factory.mktemp("small") / "fer2013", {"train": 30, "test": 10})
+
+
+@pytest.fixture(scope="session")
+def prepared(small_fer, tmp_path_factory) -> Path:
+    """``small_fer`` through the data steps: ``dataset/`` and ``class_weights.json``."""
+    from pipeline.cli import run_data_steps
+
+    out = tmp_path_factory.mktemp("prepared")
+    run_data_steps(str(small_fer), out, report=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(prepared, tmp_path_factory) -> Path:
+    """A baseline CNN trained for two epochs on ``prepared`` (real TensorFlow, real faces)."""
+    from components.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model")
+    train(prepared / "dataset", prepared / "class_weights.json", out,
+          TrainConfig(epochs=2, batch_size=32, seed=1))
+    return out

@@ -1,0 +1,93 @@
+"""Evaluate + gate: blessed / not-blessed pairs, metrics on known predictions, a real model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.dataset import FaceDataset
+from components.evaluate import classification_metrics, evaluate, format_evaluation, gate
+
+
+# --- gate: pairs of (passes, blocked) around each rule -----------------------------------
+
+def test_no_champion_above_threshold_passes():
+    d = gate(0.60, 0.55, None, 0.01)
+    assert d.passed and "no champion" in d.reason
+
+
+def test_no_champion_below_threshold_is_blocked():
+    d = gate(0.54, 0.55, None, 0.01)
+    assert not d.passed and d.reason == "macro F1 0.5400 is below the threshold 0.5500"
+
+
+def test_threshold_is_inclusive():
+    assert gate(0.55, 0.55, None, 0.01).passed
+
+
+def test_beating_the_champion_by_enough_passes():
+    d = gate(0.62, 0.55, {"version": 3, "macro_f1": 0.60}, 0.02)
+    assert d.passed and "beats champion version 3" in d.reason
+    assert d.champion_version == 3 and d.champion_macro_f1 == 0.60
+
+
+def test_not_beating_the_champion_by_enough_is_blocked():
+    d = gate(0.615, 0.55, {"version": 3, "macro_f1": 0.60}, 0.02)
+    assert not d.passed
+    assert "does not beat champion version 3 (0.6000) by 0.0200 (difference +0.0150)" in d.reason
+
+
+def test_worse_than_champion_is_blocked_even_above_threshold():
+    assert not gate(0.58, 0.50, {"version": 1, "macro_f1": 0.60}, 0.0).passed
+
+
+def test_threshold_applies_even_when_beating_a_weak_champion():
+    d = gate(0.40, 0.55, {"version": 1, "macro_f1": 0.10}, 0.01)
+    assert not d.passed and "below the threshold" in d.reason
+
+
+# --- metrics on known predictions --------------------------------------------------------
+
+def test_classification_metrics_on_known_predictions():
+    y_true = np.array([0, 0, 0, 1, 2, 3, 3, 4, 5, 6])
+    y_pred = np.array([0, 0, 2, 1, 2, 3, 4, 4, 5, 6])
+    m = classification_metrics(y_true, y_pred)
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["confusion_matrix"][0] == [2, 0, 1, 0, 0, 0, 0]
+    assert m["per_class"]["angry"] == {"precision": 1.0, "recall": pytest.approx(2 / 3),
+                                       "f1": pytest.approx(0.8), "support": 3}
+    assert m["per_class"]["fear"]["precision"] == pytest.approx(0.5)
+    assert m["macro_f1"] == pytest.approx(np.mean([0.8, 1, 2 / 3, 2 / 3, 2 / 3, 1, 1]))
+    pairs = {(c["true"], c["predicted"]): c["count"] for c in m["most_confused"]}
+    assert pairs == {("angry", "fear"): 1, ("happy", "sad"): 1}
+
+
+def test_absent_class_counts_zero_not_crash():
+    m = classification_metrics(np.array([0, 3, 3]), np.array([0, 3, 0]))
+    assert m["per_class"]["disgust"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+# --- a real trained model ---------------------------------------------------------------
+
+def test_evaluate_real_model_on_test(trained_model, prepared, tmp_path):
+    m = evaluate(trained_model, prepared / "dataset", tmp_path, f1_threshold=0.0,
+                 min_improvement=0.01)
+    assert m["split"] == "test" and m["items"] == 70
+    assert sum(map(sum, m["confusion_matrix"])) == 70
+    assert m["gate"]["passed"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["macro_f1"] == m["macro_f1"]
+    with Image.open(tmp_path / "confusion_matrix.png") as img:
+        assert img.format == "PNG"
+    text = format_evaluation(m)
+    assert "gate: PASSED" in text and "disgust" in text
+
+
+def test_evaluate_falls_back_to_val(trained_model, prepared, tmp_path):
+    data = FaceDataset.load(prepared / "dataset")
+    data.subset(data.splits != "test").save(tmp_path / "noTest")
+    m = evaluate(trained_model, tmp_path / "noTest", tmp_path / "out", 1.0, 0.0)
+    assert m["split"] == "val"
+    assert not m["gate"]["passed"]

@@ -1,0 +1,129 @@
+"""Export: the SavedModel contract, reloaded with tf.saved_model.load, and the self-check."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from components.dataset import FaceDataset
+from components.export import (
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+    ExportError,
+    export,
+    serving_endpoints,
+)
+from components.labels import CLASS_NAMES
+from tests.conftest import real_faces
+
+
+@pytest.fixture(scope="module")
+def exported(trained_model, prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "saved_model"
+    result = export(trained_model, prepared / "dataset", out, {"macro_f1": 0.42})
+    return out, result
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_both_signatures_return_probabilities(exported, prepared):
+    path, result = exported
+    assert result["max_probability_difference"][SIGNATURE_PIXELS] <= 1e-4
+    loaded = tf.saved_model.load(str(path))
+    faces = FaceDataset.load(prepared / "dataset").split("test").images[:5]
+    out = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(faces[..., None], tf.float32))
+    assert out["probabilities"].shape == (5, 7)
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert out["class_id"].dtype == tf.int64
+    names = [n.decode() for n in out["class_name"].numpy()]
+    assert names == [CLASS_NAMES[i] for i in out["class_id"].numpy()]
+
+    jpegs = [f.read_bytes() for f in real_faces("test", "happy", 3)]
+    out_b = loaded.signatures[SIGNATURE_IMAGES](image_bytes=tf.constant(jpegs))
+    assert out_b["probabilities"].shape == (3, 7)
+    np.testing.assert_allclose(out_b["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_image_signature_takes_any_size_and_colour(exported, trained_model):
+    path, _ = exported
+    loaded = tf.saved_model.load(str(path))
+    face = Image.open(real_faces("test", "surprise", 1)[0])
+    big_rgb = face.convert("RGB").resize((200, 150))
+    blobs = [encode(face, "PNG"), encode(big_rgb, "PNG"), encode(big_rgb, "JPEG"),
+             encode(big_rgb.convert("RGBA"), "PNG")]
+    probs = loaded.signatures[SIGNATURE_IMAGES](image_bytes=tf.constant(blobs))["probabilities"]
+    model = keras.models.load_model(trained_model / "model.keras")
+    # The 48x48 gray PNG is the face itself: same answer as the Keras model on its pixels.
+    direct = model.predict(np.asarray(face, np.float32)[None, ..., None], verbose=0)
+    np.testing.assert_allclose(probs[0], direct[0], atol=1e-4)
+    # RGB and RGBA of the same picture decode to the same gray face.
+    np.testing.assert_allclose(probs[1], probs[3], atol=1e-5)
+
+
+def test_assets_extra_carry_labels_and_metrics(exported):
+    path, _ = exported
+    assert (path / "assets.extra" / "labels.txt").read_text().split() == list(CLASS_NAMES)
+    assert json.loads((path / "assets.extra" / "metrics.json").read_text()) == {"macro_f1": 0.42}
+
+
+def wrong_class_order(model):
+    """A deliberately wrong signature: class names off by one (id 0 -> 'disgust', ...)."""
+    endpoints = serving_endpoints(model)
+    pixels_fn, spec = endpoints[SIGNATURE_PIXELS]
+    wrong_names = tf.constant(CLASS_NAMES[1:] + CLASS_NAMES[:1])
+
+    def predict_pixels(pixels):
+        out = pixels_fn(pixels)
+        return {**out, "class_name": tf.gather(wrong_names, out["class_id"])}
+
+    return {**endpoints, SIGNATURE_PIXELS: (predict_pixels, spec)}
+
+
+def unscaled_images(model):
+    """A deliberately wrong signature: image bytes fed to the model as 0-1 instead of 0-255."""
+    endpoints = serving_endpoints(model)
+    pixels_fn, _ = endpoints[SIGNATURE_PIXELS]
+    images_fn, spec = endpoints[SIGNATURE_IMAGES]
+
+    def predict_images(image_bytes):
+        pixels = tf.map_fn(lambda b: tf.image.convert_image_dtype(
+            tf.io.decode_png(b, channels=1), tf.float32), image_bytes,
+            fn_output_signature=tf.TensorSpec([48, 48, 1], tf.float32))
+        return pixels_fn(pixels)
+
+    return {**endpoints, SIGNATURE_IMAGES: (predict_images, spec)}
+
+
+def missing_signature(model):
+    endpoints = serving_endpoints(model)
+    return {SIGNATURE_PIXELS: endpoints[SIGNATURE_PIXELS]}
+
+
+@pytest.mark.parametrize("endpoints, message", [
+    (wrong_class_order, "class ids or names that do not match"),
+    (unscaled_images, "'predict_images' disagrees with the Keras model"),
+    (missing_signature, "signature 'predict_images' is missing"),
+])
+def test_self_check_refuses_a_wrong_signature(endpoints, message, trained_model, prepared,
+                                              tmp_path):
+    out = tmp_path / "saved_model"
+    with pytest.raises(ExportError, match=message):
+        export(trained_model, prepared / "dataset", out, endpoints=endpoints)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_refuses_to_overwrite(exported, trained_model, prepared):
+    path, _ = exported
+    with pytest.raises(ExportError, match="already exists"):
+        export(trained_model, prepared / "dataset", path)
