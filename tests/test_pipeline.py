@@ -1,0 +1,87 @@
+"""The pipeline: compiled IR YAML, and end-to-end local runs with kfp.local on real faces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from kfp import components
+
+from components.export import SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from pipeline.cli import main
+from pipeline.local_run import format_run_summary, run_local
+from pipeline.profiles import PROFILES, profile_parameters
+from tests.conftest import real_faces
+
+STEPS = ["ingest-op", "preprocess-op", "class-weights-op", "data-report-op", "train-op",
+         "select-best-op", "evaluate-op", "export-op", "deploy-op", "skip-deploy-op"]
+
+
+def test_compile_writes_ir_yaml_that_loads_back(tmp_path, capsys):
+    out = tmp_path / "fer_pipeline.yaml"
+    assert main(["compile", "--output", str(out), "--source", "gs://bucket/fer2013",
+                 "--serving-base", "gs://bucket/serving"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert spec["pipelineInfo"]["name"] == "fer-pipeline"
+    assert set(STEPS) <= {name.removeprefix("exec-") for name in spec["deploymentSpec"]["executors"]}
+    conditions = [task["triggerPolicy"]["condition"]
+                  for comp in spec["components"].values() for task in
+                  comp.get("dag", {}).get("tasks", {}).values() if "triggerPolicy" in task]
+    assert "inputs.parameter_values['pipelinechannel--evaluate-op-passed'] == true" in conditions
+    assert "parameterIterator" in out.read_text()  # the ParallelFor over architectures
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["source"]["defaultValue"] == "gs://bucket/fer2013"
+    assert defaults["epochs"]["defaultValue"] == PROFILES["full"]["epochs"]
+    loaded = components.load_component_from_file(str(out))
+    assert loaded.name == "fer-pipeline"
+    assert {"source", "serving_base", "architectures", "f1_threshold", "min_improvement",
+            "model_name", "seed"} <= set(loaded.component_spec.inputs)
+
+
+def test_profiles_and_overrides():
+    params = profile_parameters("smoke", epochs=3, f1_threshold=None)
+    assert params["epochs"] == 3 and params["f1_threshold"] == PROFILES["smoke"]["f1_threshold"]
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile_parameters("huge")
+
+
+def test_unknown_architecture_is_refused_before_running(capsys, tmp_path):
+    code = main(["run", "--architectures", "baseline_cnn,resnet9000", "--pipeline-root",
+                 str(tmp_path)])
+    assert code == 2
+    assert "unknown architecture(s) resnet9000" in capsys.readouterr().err
+
+
+def check_served_model(version_dir):
+    loaded = tf.saved_model.load(str(version_dir))
+    pixels = np.stack([np.asarray(tf.io.decode_jpeg(f.read_bytes()), np.float32)
+                       for f in real_faces("test", "fear", 4)])
+    by_pixels = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(pixels))["probabilities"]
+    jpegs = tf.constant([f.read_bytes() for f in real_faces("test", "fear", 4)])
+    by_bytes = loaded.signatures[SIGNATURE_IMAGES](image_bytes=jpegs)["probabilities"]
+    for probs in (by_pixels, by_bytes):
+        assert probs.shape == (4, 7)
+        np.testing.assert_allclose(probs.numpy().sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(by_pixels, by_bytes, atol=1e-4)
+
+
+def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_fer, tmp_path):
+    params = profile_parameters("smoke", source=str(small_fer),
+                                serving_base=str(tmp_path / "serving"), model_name="fer",
+                                max_train_per_class=0, f1_threshold=0.0, seed=11)
+    first = run_local(params, tmp_path / "kfp")
+    assert first["deployment"]["created"] and first["deployment"]["version"] == 1
+    assert first["gate"]["passed"] and first["gate"]["champion_version"] is None
+    assert first["selection"]["winner"] == "baseline_cnn"
+    version_dir = tmp_path / "serving" / "fer" / "1"
+    check_served_model(version_dir)
+    text = format_run_summary(first)
+    assert "gate:     PASSED" in text and f"deployed: version 1 at {version_dir}" in text
+
+    # Same data, same seed: the same model, which does not beat the champion it now is.
+    second = run_local(params, tmp_path / "kfp")
+    assert not second["gate"]["passed"] and second["gate"]["champion_version"] == 1
+    assert second["deployment"]["created"] is False
+    assert "does not beat champion version 1" in second["deployment"]["reason"]
+    assert sorted(p.name for p in (tmp_path / "serving" / "fer").iterdir()) == ["1"]
