@@ -15,6 +15,7 @@ wrote and refuses to emit it unless the predictions match the Keras model on rea
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import uuid
 from collections.abc import Callable
@@ -179,7 +180,11 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         extra = staging / ASSETS_EXTRA
         extra.mkdir()
         (extra / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-        write_json(extra / "metrics.json", metrics or {})
+        training = Path(model_dir) / "summary.json"  # the training run's own metrics
+        record = dict(metrics or {})
+        if training.is_file():
+            record["training"] = json.loads(training.read_text())
+        write_json(extra / "metrics.json", record)
         if output_dir.exists():
             output_dir.rmdir()
         staging.rename(output_dir)

@@ -21,6 +21,7 @@ from components.ingest import ingest
 from components.ingest.ingest import FORMATS, MANIFEST_FILE
 from components.preprocess import preprocess
 from components.report import data_report, format_summary
+from pipeline.local_run import PipelineRunError
 
 
 def run_data_steps(source: str, out: Path, data_format: str = "auto", val_fraction: float = 0.1,
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PipelineRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -11,6 +12,10 @@ from typing import Any
 from kfp import local
 
 from pipeline.pipeline import fer_pipeline
+
+
+class PipelineRunError(Exception):
+    """A task of the local run failed; its own log, printed above, says why."""
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, Any]:
@@ -32,7 +37,11 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, An
     with warnings.catch_warnings():
         # The tasks run in this environment, where the project is installed, not in the image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        task = fer_pipeline(**params)
+        try:
+            task = fer_pipeline(**params)
+        except RuntimeError as exc:  # kfp.local: "Inner task failed: <task>"
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # drop kfp.local's colours
+            raise PipelineRunError(f"{plain} Its log above says why.") from exc
     return {
         "parameters": params,
         "pipeline_root": str(root),

@@ -73,7 +73,10 @@ def test_image_signature_takes_any_size_and_colour(exported, trained_model):
 def test_assets_extra_carry_labels_and_metrics(exported):
     path, _ = exported
     assert (path / "assets.extra" / "labels.txt").read_text().split() == list(CLASS_NAMES)
-    assert json.loads((path / "assets.extra" / "metrics.json").read_text()) == {"macro_f1": 0.42}
+    record = json.loads((path / "assets.extra" / "metrics.json").read_text())
+    assert record["macro_f1"] == 0.42
+    assert record["training"]["architecture"] == "baseline_cnn"  # the training run's metrics
+    assert record["training"]["epochs_run"] == 2
 
 
 def wrong_class_order(model):

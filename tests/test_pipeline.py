@@ -53,6 +53,16 @@ def test_unknown_architecture_is_refused_before_running(capsys, tmp_path):
     assert "unknown architecture(s) resnet9000" in capsys.readouterr().err
 
 
+def test_a_failing_task_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", "--source", str(tmp_path / "missing"), "--pipeline-root",
+                 str(tmp_path / "kfp"), "--serving-base", str(tmp_path / "serving")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Inner task failed: 'ingest-op'" in captured.err
+    assert 'source does not exist' in captured.out  # the task's own log names the problem
+    assert not (tmp_path / "serving").exists()
+
+
 def check_served_model(version_dir):
     loaded = tf.saved_model.load(str(version_dir))
     pixels = np.stack([np.asarray(tf.io.decode_jpeg(f.read_bytes()), np.float32)
