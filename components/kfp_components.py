@@ -6,9 +6,9 @@ the installed project, so the same definition runs locally under
 ``kfp.local.SubprocessRunner(use_venv=False)`` and on a cluster on the training image.
 """
 
-from kfp import dsl
 from typing import List, NamedTuple
 
+from kfp import dsl
 from kfp.dsl import (
     HTML,
     Artifact,

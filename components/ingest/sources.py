@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
+from google.api_core.exceptions import GoogleAPIError
+
 from components.dataset import DataError
 from components.storage import gcs_client, is_gcs_uri, split_gcs_uri
 
@@ -107,8 +109,6 @@ class GCSPrefix(Source):
         super().__init__(uri, [n[len(prefix):] for n in names])
 
     def read(self, entry: str) -> bytes:
-        from google.api_core.exceptions import GoogleAPIError
-
         try:
             return self.bucket.blob(self.prefix + entry).download_as_bytes()
         except GoogleAPIError as exc:
@@ -134,8 +134,6 @@ def _open_gcs(uri: str) -> Source:
         bucket_name, prefix = split_gcs_uri(uri)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
-    from google.api_core.exceptions import GoogleAPIError
-
     client = gcs_client()
     try:
         if prefix and not prefix.endswith("/"):
