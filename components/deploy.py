@@ -25,11 +25,11 @@ from typing import Any
 
 from google.api_core.exceptions import NotFound
 
-from components.export import ASSETS_EXTRA
 from components.storage import gcs_client, is_gcs_uri, split_gcs_uri
+from serving.contract import ASSETS_EXTRA, METRICS_FILE
 
 DEPLOY_RECORD = f"{ASSETS_EXTRA}/deploy.json"
-METRICS_RECORD = f"{ASSETS_EXTRA}/metrics.json"
+METRICS_RECORD = f"{ASSETS_EXTRA}/{METRICS_FILE}"
 LAST_FILE = "saved_model.pb"
 
 

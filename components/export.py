@@ -30,18 +30,25 @@ from PIL import Image
 from components.dataset import IMAGE_SIZE, TEST, VAL, FaceDataset, write_json
 from components.labels import CLASS_NAMES, NUM_CLASSES
 from components.train.train import MODEL_FILE, to_model_input
+from serving.contract import (
+    ASSETS_EXTRA,
+    IMAGES_INPUT,
+    LABELS_FILE,
+    METRICS_FILE,
+    PIXELS_INPUT,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+    WARMUP_FILE,
+)
 
-SIGNATURE_PIXELS = "serving_default"
-SIGNATURE_IMAGES = "predict_images"
-ASSETS_EXTRA = "assets.extra"
 TOLERANCE = 1e-4
 
-PIXELS_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="pixels")
-IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+PIXELS_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=PIXELS_INPUT)
+IMAGES_SPEC = tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)
 # What a served SavedModel must offer: signature -> (input name, dtype), output name -> dtype.
 CONTRACT = {
-    SIGNATURE_PIXELS: ("pixels", tf.float32),
-    SIGNATURE_IMAGES: ("image_bytes", tf.string),
+    SIGNATURE_PIXELS: (PIXELS_INPUT, tf.float32),
+    SIGNATURE_IMAGES: (IMAGES_INPUT, tf.string),
 }
 OUTPUTS = {"probabilities": tf.float32, "class_id": tf.int64, "class_name": tf.string}
 
@@ -145,6 +152,27 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
     return diffs
 
 
+def write_warmup_requests(path: Path, faces: np.ndarray, model_name: str = "fer") -> int:
+    """TF Serving's warm-up file: PredictionLog records replayed when a version loads, so
+    its first real request does not pay for graph tracing. One batch per signature."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    requests = [
+        (SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(to_model_input(faces[:1]))),
+        (SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(to_model_input(faces[:8]))),
+        (SIGNATURE_IMAGES, IMAGES_INPUT, tf.make_tensor_proto([png_bytes(f) for f in faces[:2]])),
+    ]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, input_name, tensor in requests:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            request.inputs[input_name].CopyFrom(tensor)
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(requests)
+
+
 def sample_faces(dataset_dir: str | Path, model: keras.Model, n: int = 64,
                  seed: int = 0) -> np.ndarray:
     """Real faces for the self-check, from test (or val): one for every class the model
@@ -179,12 +207,13 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         diffs = verify_saved_model(staging, model, faces)
         extra = staging / ASSETS_EXTRA
         extra.mkdir()
-        (extra / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        (extra / LABELS_FILE).write_text("\n".join(CLASS_NAMES) + "\n")
         training = Path(model_dir) / "summary.json"  # the training run's own metrics
         record = dict(metrics or {})
         if training.is_file():
             record["training"] = json.loads(training.read_text())
-        write_json(extra / "metrics.json", record)
+        write_json(extra / METRICS_FILE, record)
+        write_warmup_requests(extra / WARMUP_FILE, faces)
         if output_dir.exists():
             output_dir.rmdir()
         staging.rename(output_dir)

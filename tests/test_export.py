@@ -130,3 +130,24 @@ def test_refuses_to_overwrite(exported, trained_model, prepared):
     path, _ = exported
     with pytest.raises(ExportError, match="already exists"):
         export(trained_model, prepared / "dataset", path)
+
+
+def test_warmup_requests_replay_against_the_saved_model(exported):
+    """The TF Serving warm-up file holds real PredictRequests that the model answers."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path, _ = exported
+    loaded = tf.saved_model.load(str(path))
+    records = list(tf.data.TFRecordDataset(str(path / "assets.extra" /
+                                               "tf_serving_warmup_requests")))
+    assert len(records) == 3
+    signatures = []
+    for raw in records:
+        log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+        request = log.predict_log.request
+        signatures.append(request.model_spec.signature_name)
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        out = loaded.signatures[request.model_spec.signature_name](
+            **{k: tf.constant(v) for k, v in inputs.items()})
+        assert out["probabilities"].shape[1] == 7
+    assert signatures == [SIGNATURE_PIXELS, SIGNATURE_PIXELS, SIGNATURE_IMAGES]
