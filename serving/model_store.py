@@ -1,0 +1,270 @@
+"""The models a local server serves: version discovery, loading, hot swap.
+
+Like TensorFlow Serving's file-system source: every positive integer directory under the
+model base path (local or ``gs://``) that holds a ``saved_model.pb`` is a version. The
+version policy (``latest`` N, default 1; ``specific``; ``all``) picks which to serve. A
+poller loads new versions in the background and swaps them in with one assignment, so
+requests in flight finish on the version they started with and none is dropped. A version
+that fails to load is reported (state ``END`` with its error) and the versions already
+served stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from components.storage import gcs_client, is_gcs_uri, split_gcs_uri
+from serving.contract import ASSETS_EXTRA, LABELS_FILE, WARMUP_FILE
+
+log = logging.getLogger(__name__)
+
+
+class ServingError(Exception):
+    """A request the server cannot answer; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class VersionPolicy:
+    kind: str = "latest"  # latest | specific | all
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def choose(self, available: list[int]) -> set[int]:
+        if self.kind == "all":
+            return set(available)
+        if self.kind == "specific":
+            return set(self.versions) & set(available)
+        return set(sorted(available)[-self.num_versions:])
+
+
+@dataclass
+class LoadedVersion:
+    version: int
+    path: str
+    signatures: dict[str, Any]  # name -> concrete function
+    signature_defs: dict[str, Any]  # name -> SignatureDef proto
+    labels: list[str]
+    _module: Any = field(repr=False, default=None)  # keeps the loaded variables alive
+
+    def predict(self, signature_name: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        if signature_name not in self.signatures:
+            raise ServingError(400, f'Serving signature name: "{signature_name}" not found in '
+                               f"signature def (has: {', '.join(sorted(self.signatures))})")
+        fn = self.signatures[signature_name]
+        _, expected = fn.structured_input_signature
+        missing = sorted(set(expected) - set(inputs))
+        extra = sorted(set(inputs) - set(expected))
+        if missing or extra:
+            raise ServingError(400, f"signature {signature_name!r} takes inputs "
+                               f"{sorted(expected)}; missing {missing}, unexpected {extra}")
+        tensors = {}
+        for name, spec in expected.items():
+            tensors[name] = _to_tensor(name, inputs[name], spec)
+        try:
+            outputs = fn(**tensors)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+            raise ServingError(400, exc.message.splitlines()[0]) from exc
+        return {k: v.numpy() for k, v in outputs.items()}
+
+
+def _to_tensor(name: str, value: Any, spec: tf.TensorSpec) -> tf.Tensor:
+    try:
+        if spec.dtype == tf.string:
+            array = np.asarray(value, dtype=object)
+            tensor = tf.constant(array.tolist() if array.ndim else [value], dtype=tf.string)
+        else:
+            tensor = tf.constant(np.asarray(value, dtype=spec.dtype.as_numpy_dtype))
+    except (ValueError, TypeError) as exc:
+        raise ServingError(400, f"input {name!r}: cannot convert to {spec.dtype.name} tensor "
+                           f"({exc})") from exc
+    if not spec.shape.is_compatible_with(tensor.shape):
+        raise ServingError(400, f"input {name!r} has shape {tensor.shape.as_list()}, "
+                           f"expected {spec.shape.as_list()} (None: any size)")
+    return tensor
+
+
+class _Local:
+    def __init__(self, base: str):
+        self.base = Path(base)
+
+    def versions(self) -> list[int]:
+        if not self.base.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.base.iterdir()
+                      if p.name.isdigit() and int(p.name) > 0 and (p / "saved_model.pb").is_file())
+
+    def materialize(self, version: int, cache: Path) -> str:
+        return str(self.base / str(version))
+
+
+class _GCS:
+    def __init__(self, base: str):
+        bucket, prefix = split_gcs_uri(base.rstrip("/"))
+        self.bucket = gcs_client().bucket(bucket)
+        self.prefix = prefix + "/" if prefix else ""
+
+    def versions(self) -> list[int]:
+        tops = set()
+        for blob in self.bucket.list_blobs(prefix=self.prefix):
+            rel = blob.name[len(self.prefix):]
+            if rel.count("/") == 1 and rel.endswith("/saved_model.pb"):
+                tops.add(rel.split("/")[0])
+        return sorted(int(t) for t in tops if t.isdigit() and int(t) > 0)
+
+    def materialize(self, version: int, cache: Path) -> str:
+        """Download the version into the local cache (TF reads it from there)."""
+        target = cache / str(version)
+        if target.exists():
+            shutil.rmtree(target)
+        prefix = f"{self.prefix}{version}/"
+        for blob in self.bucket.list_blobs(prefix=prefix):
+            dest = target / blob.name[len(prefix):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(dest))
+        return str(target)
+
+
+def load_version(path: str, version: int) -> LoadedVersion:
+    """Load one SavedModel version and replay its TF Serving warm-up requests."""
+    module = tf.saved_model.load(path)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items()
+            if not k.startswith("__")}
+    labels_file = Path(path) / ASSETS_EXTRA / LABELS_FILE
+    labels = labels_file.read_text().split() if labels_file.is_file() else []
+    loaded = LoadedVersion(version, path, dict(module.signatures), defs, labels, module)
+    warmed = replay_warmup(loaded)
+    log.info("loaded version %d from %s (%d warm-up requests)", version, path, warmed)
+    return loaded
+
+
+def replay_warmup(loaded: LoadedVersion) -> int:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = Path(loaded.path) / ASSETS_EXTRA / WARMUP_FILE
+    if not path.is_file():
+        return 0
+    count = 0
+    for raw in tf.data.TFRecordDataset(str(path)):
+        request = prediction_log_pb2.PredictionLog.FromString(raw.numpy()).predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        loaded.predict(request.model_spec.signature_name or "serving_default", inputs)
+        count += 1
+    return count
+
+
+class ModelStore:
+    """The versions of one model that the server serves, kept up to date by polling."""
+
+    def __init__(self, model_name: str, base_path: str, policy: VersionPolicy | None = None,
+                 version_labels: dict[str, int] | None = None, poll_seconds: float = 1.0):
+        self.name = model_name
+        self.base_path = base_path
+        self.policy = policy or VersionPolicy()
+        self.version_labels = dict(version_labels or {})
+        self.poll_seconds = poll_seconds
+        self._source = _GCS(base_path) if is_gcs_uri(base_path) else _Local(base_path)
+        self._cache = Path(tempfile.mkdtemp(prefix=f"fer-serve-{model_name}-"))
+        self._served: dict[int, LoadedVersion] = {}
+        self._states: dict[int, dict[str, Any]] = {}
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()  # one poll at a time; readers never wait
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- polling
+
+    def poll(self) -> None:
+        """Load the versions the policy wants, then unload the ones it no longer wants."""
+        with self._lock:
+            available = [v for v in self._source.versions() if v not in self._failed]
+            wanted = self.policy.choose(available)
+            served = dict(self._served)
+            for version in sorted(wanted - set(served), reverse=True):
+                self._states[version] = {"state": "LOADING", "error": ""}
+                try:
+                    loaded = load_version(self._source.materialize(version, self._cache), version)
+                except Exception as exc:  # noqa: BLE001 - any load failure keeps the old version
+                    self._failed.add(version)
+                    self._states[version] = {"state": "END", "error": f"{type(exc).__name__}: {exc}"}
+                    log.error("version %d of %s failed to load (%s); still serving %s", version,
+                              self.name, exc, sorted(served) or "nothing")
+                    continue
+                served[version] = loaded
+                self._states[version] = {"state": "AVAILABLE", "error": ""}
+            if not any(v in served for v in wanted):
+                return  # nothing new loaded: keep serving what we have
+            for version in set(served) - wanted:
+                del served[version]
+                self._states[version] = {"state": "END", "error": ""}
+                log.info("unloaded version %d of %s", version, self.name)
+            self._served = served  # one assignment: the swap requests see
+
+    def start(self) -> ModelStore:
+        self.poll()
+        self._thread = threading.Thread(target=self._run, name=f"poll-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - a broken poll must not stop the poller
+                log.exception("polling %s failed; will retry", self.base_path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        shutil.rmtree(self._cache, ignore_errors=True)
+
+    # ---------------------------------------------------------------- lookups
+
+    def statuses(self, version: int | None = None) -> list[dict[str, Any]]:
+        states = dict(self._states)
+        if version is not None:
+            if version not in states:
+                raise ServingError(404, f"Could not find version {version} of model {self.name}")
+            states = {version: states[version]}
+        return [{"version": str(v), "state": s["state"],
+                 "status": {"error_code": "OK" if not s["error"] else "UNKNOWN",
+                            "error_message": s["error"]}}
+                for v, s in sorted(states.items(), reverse=True)]
+
+    def resolve_label(self, label: str) -> int:
+        if label not in self.version_labels:
+            raise ServingError(404, f"Unrecognized servable version label: {label}")
+        return self.version_labels[label]
+
+    def get(self, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        served = self._served
+        if label is not None:
+            version = self.resolve_label(label)
+        if version is None:
+            if not served:
+                raise ServingError(404, f"Servable not found for request: Latest({self.name})")
+            return served[max(served)]
+        if version not in served:
+            raise ServingError(404, f"Servable not found for request: Specific({self.name}, {version})")
+        return served[version]
+
+    @property
+    def served_versions(self) -> list[int]:
+        return sorted(self._served)

@@ -1,0 +1,171 @@
+"""TF Serving's REST API (``g3doc/api_rest.md``) over a :class:`ModelStore`, on Starlette.
+
+Routes: ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]`` (status),
+``GET .../metadata``, ``POST ...:predict`` (row ``instances`` or columnar ``inputs``,
+``{"b64": ...}`` for bytes). Errors are ``{"error": "..."}`` with TF Serving's codes. A JSON
+body is accepted with or without a ``Content-Type`` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from serving.contract import SIGNATURE_PIXELS
+from serving.model_store import LoadedVersion, ModelStore, ServingError
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def decode_b64(value: Any) -> Any:
+    """Replace every ``{"b64": "..."}`` with its bytes, as TF Serving does."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError) as exc:
+                raise ServingError(400, f"invalid base64 in 'b64' value: {exc}") from exc
+        return {k: decode_b64(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_b64(v) for v in value]
+    return value
+
+
+def parse_predict_body(body: dict[str, Any], input_names: list[str]) -> tuple[dict[str, Any], bool]:
+    """``(inputs by name, row format?)`` from a predict body for a signature's inputs."""
+    if ("instances" in body) == ("inputs" in body):
+        raise ServingError(400, "the request must have exactly one of 'instances' (row "
+                                "format) or 'inputs' (columnar format)")
+    if "instances" in body:
+        instances = decode_b64(body["instances"])
+        if not isinstance(instances, list) or not instances:
+            raise ServingError(400, "'instances' must be a non-empty list")
+        named = all(isinstance(i, dict) and set(i) <= set(input_names) and i for i in instances)
+        if named:
+            keys = set(instances[0])
+            if any(set(i) != keys for i in instances):
+                raise ServingError(400, "every instance must name the same inputs")
+            return {k: [i[k] for i in instances] for k in keys}, True
+        if len(input_names) != 1:
+            raise ServingError(400, f"instances must name the inputs {input_names}")
+        return {input_names[0]: instances}, True
+    inputs = decode_b64(body["inputs"])
+    if isinstance(inputs, dict) and inputs and set(inputs) <= set(input_names):
+        return inputs, False
+    if len(input_names) != 1:
+        raise ServingError(400, f"'inputs' must be an object naming the inputs {input_names}")
+    return {input_names[0]: inputs}, False
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype.kind in "SO":
+        return np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b,
+                            otypes=[object])(array).tolist()
+    return array.tolist()
+
+
+def format_predict_response(outputs: dict[str, np.ndarray], row: bool) -> dict[str, Any]:
+    if not row:
+        return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
+    names = sorted(outputs)
+    n = len(next(iter(outputs.values())))
+    columns = {k: _jsonable(outputs[k]) for k in names}
+    if len(names) == 1:
+        return {"predictions": columns[names[0]]}
+    return {"predictions": [{k: columns[k][i] for k in names} for i in range(n)]}
+
+
+def metadata_response(store: ModelStore, loaded: LoadedVersion) -> dict[str, Any]:
+    defs = get_model_metadata_pb2.SignatureDefMap(signature_def=loaded.signature_defs)
+    return {
+        "model_spec": {"name": store.name, "signature_name": "", "version": str(loaded.version)},
+        "metadata": {"signature_def": json_format.MessageToDict(
+            defs, preserving_proto_field_name=True)},
+    }
+
+
+def create_app(stores: dict[str, ModelStore],
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+    def store_for(request: Request) -> ModelStore:
+        name = request.path_params["name"]
+        if name not in stores:
+            raise ServingError(404, f"Could not find any versions of model {name}")
+        return stores[name]
+
+    def selector(request: Request) -> dict[str, Any]:
+        p = request.path_params
+        return {"version": p.get("version"), "label": p.get("label")}
+
+    async def status(request: Request) -> JSONResponse:
+        store = store_for(request)
+        sel = selector(request)
+        version = store.resolve_label(sel["label"]) if sel["label"] else sel["version"]
+        return JSONResponse({"model_version_status": store.statuses(version)})
+
+    async def metadata(request: Request) -> JSONResponse:
+        store = store_for(request)
+        return JSONResponse(metadata_response(store, store.get(**selector(request))))
+
+    async def read_json(request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body_bytes:
+            raise ServingError(413, f"request body of {int(length):,} bytes exceeds the "
+                                    f"limit of {max_body_bytes:,} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise ServingError(413, f"request body exceeds the limit of "
+                                        f"{max_body_bytes:,} bytes")
+        try:
+            return json.loads(body)  # whatever the Content-Type, as TF Serving
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ServingError(400, f"JSON Parse error: {exc}") from exc
+
+    async def predict(request: Request) -> JSONResponse:
+        store = store_for(request)
+        loaded = store.get(**selector(request))
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ServingError(400, "the request body must be a JSON object")
+        signature = body.get("signature_name", SIGNATURE_PIXELS)
+        if not isinstance(signature, str) or signature not in loaded.signatures:
+            raise ServingError(400, f'Serving signature name: "{signature}" not found in '
+                               f"signature def (has: {', '.join(sorted(loaded.signatures))})")
+        _, spec = loaded.signatures[signature].structured_input_signature
+        inputs, row = parse_predict_body(body, list(spec))
+        outputs = await run_in_threadpool(loaded.predict, signature, inputs)
+        return JSONResponse(format_predict_response(outputs, row))
+
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, f"Malformed request: {request.method} {request.url.path}")
+
+    base = "/v1/models/{name}"
+    routes = []
+    for prefix in ("", "/versions/{version:int}", "/labels/{label}"):
+        routes += [
+            Route(base + prefix, status, methods=["GET"]),
+            Route(base + prefix + "/metadata", metadata, methods=["GET"]),
+            Route(base + prefix + ":predict", predict, methods=["POST"]),
+        ]
+    return Starlette(routes=routes, exception_handlers={ServingError: serving_error,
+                                                         HTTPException: http_error})

@@ -1,0 +1,147 @@
+"""``fer-serve``: a local, pip-installable server with TensorFlow Serving's REST and gRPC
+contract, serving the model directories the pipeline deploys.
+
+Flags are named like ``tensorflow_model_server``'s::
+
+    fer-serve --model_name=fer --model_base_path=runs/serving/fer \\
+              --rest_api_port=8501 --port=8500 --file_system_poll_wait_seconds=1
+    fer-serve --model_config_file=serving/models.config
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import uvicorn
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.grpc_service import create_grpc_server
+from serving.model_store import ModelStore, VersionPolicy
+from serving.rest import DEFAULT_MAX_BODY_BYTES, create_app
+
+log = logging.getLogger("fer-serve")
+
+
+def stores_from_config(path: str | Path, poll_seconds: float) -> dict[str, ModelStore]:
+    """Model stores from a TF Serving ``model_config_list`` text proto."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(Path(path).read_text(), config)
+    except (OSError, text_format.ParseError) as exc:
+        raise ValueError(f"cannot read model config {path}: {exc}") from exc
+    stores = {}
+    for model in config.model_config_list.config:
+        which = model.model_version_policy.WhichOneof("policy_choice")
+        if which == "specific":
+            policy = VersionPolicy("specific", versions=tuple(model.model_version_policy.specific.versions))
+        elif which == "all":
+            policy = VersionPolicy("all")
+        else:
+            n = model.model_version_policy.latest.num_versions if which == "latest" else 1
+            policy = VersionPolicy("latest", num_versions=n or 1)
+        base = model.base_path
+        if "://" not in base and not Path(base).is_absolute():
+            base = str((Path(path).parent / base).resolve())
+        stores[model.name] = ModelStore(model.name, base, policy, dict(model.version_labels),
+                                        poll_seconds)
+    if not stores:
+        raise ValueError(f"{path} configures no model")
+    return stores
+
+
+class LocalServer:
+    """REST (uvicorn) and gRPC servers over the same model stores, started in threads."""
+
+    def __init__(self, stores: dict[str, ModelStore], host: str = "0.0.0.0",
+                 rest_port: int = 8501, grpc_port: int = 8500,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        self.stores = stores
+        self.host = host
+        self.grpc_server, self.grpc_port = create_grpc_server(stores, f"{host}:{grpc_port}")
+        config = uvicorn.Config(create_app(stores, max_body_bytes), host=host, port=rest_port,
+                                log_level="warning", access_log=False, timeout_keep_alive=30)
+        self.rest = uvicorn.Server(config)
+        self.rest_port = rest_port
+        self._rest_thread: threading.Thread | None = None
+
+    def start(self) -> LocalServer:
+        for store in self.stores.values():
+            store.start()
+        self.grpc_server.start()
+        self._rest_thread = threading.Thread(target=self.rest.run, name="rest", daemon=True)
+        self._rest_thread.start()
+        while not self.rest.started:
+            if not self._rest_thread.is_alive():
+                raise OSError(f"REST server failed to start on {self.host}:{self.rest_port}")
+            self._rest_thread.join(0.05)
+        log.info("serving %s: REST on %s:%d, gRPC on %s:%d",
+                 ", ".join(f"{n} versions {s.served_versions}" for n, s in self.stores.items()),
+                 self.host, self.rest_port, self.host, self.grpc_port)
+        return self
+
+    def stop(self) -> None:
+        self.rest.should_exit = True
+        if self._rest_thread:
+            self._rest_thread.join(timeout=10)
+        self.grpc_server.stop(grace=2).wait()
+        for store in self.stores.values():
+            store.stop()
+
+    def wait(self) -> None:
+        """Block until interrupted (SIGINT/SIGTERM), then stop."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        while not done.wait(0.5):
+            if self._rest_thread and not self._rest_thread.is_alive():
+                break
+        self.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fer-serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_name", default="fer")
+    p.add_argument("--model_base_path", help="directory of numbered versions, local or gs://")
+    p.add_argument("--model_config_file", help="TF Serving model_config_list text proto")
+    p.add_argument("--rest_api_port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8500, help="gRPC port")
+    p.add_argument("--rest_api_host", default="0.0.0.0", help="address to bind (both APIs)")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
+    p.add_argument("--rest_api_max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.model_config_file:
+            stores = stores_from_config(args.model_config_file, args.file_system_poll_wait_seconds)
+        elif args.model_base_path:
+            stores = {args.model_name: ModelStore(args.model_name, args.model_base_path,
+                                                  poll_seconds=args.file_system_poll_wait_seconds)}
+        else:
+            print("error: give --model_base_path or --model_config_file", file=sys.stderr)
+            return 2
+        server = LocalServer(stores, args.rest_api_host, args.rest_api_port, args.port,
+                             args.rest_api_max_body_bytes).start()
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, store in stores.items():
+        if not store.served_versions:
+            log.warning("model %s: no loadable version under %s yet; waiting for one",
+                        name, store.base_path)
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
