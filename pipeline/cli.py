@@ -4,6 +4,7 @@ Subcommands:
   data     ingest, preprocess and class-weight a FER2013 source; print the manifest summary
   run      run the whole pipeline locally (kfp.local): train, gate, export, deploy
   compile  write the pipeline's KFP IR YAML (for a Kubeflow Pipelines cluster)
+  predict  emotions of the faces in photos, from a served model (REST or gRPC)
 """
 
 from __future__ import annotations
@@ -98,6 +99,20 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from serving.client import ClientError
+    from serving.predict import run_predict
+
+    try:
+        text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
+                                 not args.no_detect, args.json, args.annotate, args.timeout)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return code
+
+
 def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | None) -> None:
     from pipeline.profiles import PROFILES
 
@@ -166,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(profile="full")
     comp.add_argument("--output", "-o", default="fer_pipeline.yaml")
     comp.set_defaults(func=_cmd_compile)
+
+    pred = sub.add_parser("predict", help="emotions of the faces in photos, from a served model",
+                          description="Detect faces (OpenCV Haar cascade), send them in one "
+                          "batched request to TF Serving or fer-serve, and print each face's "
+                          "box, top emotion and all seven probabilities.")
+    pred.add_argument("images", nargs="+", metavar="IMAGE")
+    pred.add_argument("--url", default="http://127.0.0.1:8501", help="REST endpoint")
+    pred.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead")
+    pred.add_argument("--model-name", default="fer")
+    pred.add_argument("--no-detect", action="store_true",
+                      help="each image is already a face crop")
+    pred.add_argument("--json", action="store_true")
+    pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
+    pred.add_argument("--timeout", type=float, default=30.0)
+    pred.set_defaults(func=_cmd_predict)
     return parser
 
 

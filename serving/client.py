@@ -1,0 +1,146 @@
+"""Small clients for TF Serving's REST and gRPC APIs (the local server or the real one).
+
+    rest = RestClient("http://127.0.0.1:8501", "fer")
+    rest.predict_pixels(faces)            # float [N,48,48,1] or uint8 [N,48,48], 0-255
+    rest.predict_images([jpeg_bytes])     # encoded images, any size
+    grpc_client = GrpcClient("127.0.0.1:8500", "fer")
+
+Both return ``{"probabilities": float32 [N,7], "class_id": int64 [N], "class_name": [N] str}``
+and raise :class:`ClientError` with the server's message on failure.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import grpc
+import numpy as np
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.contract import IMAGES_INPUT, PIXELS_INPUT, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+
+
+class ClientError(Exception):
+    """The server refused or could not be reached; ``status`` is the HTTP or gRPC code."""
+
+    def __init__(self, message: str, status: Any = None):
+        super().__init__(message)
+        self.status = status
+
+
+def as_pixels(faces: np.ndarray) -> np.ndarray:
+    """uint8/float [N,48,48] or [N,48,48,1] -> float32 [N,48,48,1]."""
+    faces = np.asarray(faces, dtype=np.float32)
+    if faces.ndim == 3:
+        faces = faces[..., None]
+    if faces.ndim != 4 or faces.shape[1:] != (48, 48, 1):
+        raise ValueError(f"faces must be [N,48,48] or [N,48,48,1], got {faces.shape}")
+    return faces
+
+
+def _result(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
+        "probabilities": np.asarray(outputs["probabilities"], dtype=np.float32),
+        "class_id": np.asarray(outputs["class_id"], dtype=np.int64),
+        "class_name": [n.decode() if isinstance(n, bytes) else str(n)
+                       for n in np.asarray(outputs["class_name"], dtype=object).ravel()],
+    }
+
+
+class RestClient:
+    def __init__(self, url: str, model_name: str = "fer", version: int | None = None,
+                 label: str | None = None, timeout: float = 30.0,
+                 session: requests.Session | None = None):
+        self.base = f"{url.rstrip('/')}/v1/models/{model_name}"
+        if version is not None:
+            self.base += f"/versions/{version}"
+        elif label:
+            self.base += f"/labels/{label}"
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    def _call(self, method: str, suffix: str, body: Any = None) -> dict[str, Any]:
+        url = self.base + suffix
+        try:
+            response = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ClientError(f"cannot reach {url}: {exc}") from exc
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text[:200]}
+        if response.status_code != 200:
+            raise ClientError(f"{method} {url} -> {response.status_code}: "
+                              f"{payload.get('error', payload)}", response.status_code)
+        return payload
+
+    def status(self) -> list[dict[str, Any]]:
+        return self._call("GET", "")["model_version_status"]
+
+    def metadata(self) -> dict[str, Any]:
+        return self._call("GET", "/metadata")
+
+    def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        body = {"signature_name": SIGNATURE_PIXELS, "inputs": as_pixels(faces).tolist()}
+        return _result(self._call("POST", ":predict", body)["outputs"])
+
+    def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        body = {"signature_name": SIGNATURE_IMAGES,
+                "instances": [{"b64": base64.b64encode(b).decode()} for b in images]}
+        rows = self._call("POST", ":predict", body)["predictions"]
+        return _result({k: [r[k] for r in rows] for k in rows[0]})
+
+
+class GrpcClient:
+    def __init__(self, target: str, model_name: str = "fer", version: int | None = None,
+                 label: str | None = None, timeout: float = 30.0):
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name, self.version, self.label = model_name, version, label
+        self.timeout = timeout
+
+    def _spec(self, spec, signature: str = "") -> None:
+        spec.name = self.model_name
+        if signature:
+            spec.signature_name = signature
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.label:
+            spec.version_label = self.label
+
+    def _predict(self, signature: str, input_name: str, tensor) -> dict[str, np.ndarray]:
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature)
+        request.inputs[input_name].CopyFrom(tensor)
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise ClientError(f"gRPC Predict failed: {exc.code().name}: {exc.details()}",
+                              exc.code()) from exc
+        return _result({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
+
+    def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        return self._predict(SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(as_pixels(faces)))
+
+    def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        return self._predict(SIGNATURE_IMAGES, IMAGES_INPUT, tf.make_tensor_proto(images))
+
+    def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec)
+        try:
+            return self.stub.GetModelMetadata(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise ClientError(f"gRPC GetModelMetadata failed: {exc.code().name}: "
+                              f"{exc.details()}", exc.code()) from exc
+
+    def close(self) -> None:
+        self.channel.close()
