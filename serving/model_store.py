@@ -78,8 +78,16 @@ class LoadedVersion:
         try:
             outputs = fn(**tensors)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
-            raise ServingError(400, exc.message.splitlines()[0]) from exc
+            raise ServingError(400, tf_error_message(exc.message)) from exc
         return {k: v.numpy() for k, v in outputs.items()}
+
+
+def tf_error_message(text: str) -> str:
+    """The line of a TF runtime error that names the problem, without graph boilerplate."""
+    boilerplate = ("Graph execution error", "Detected at node", "<stack traces", "\t [[", "[[")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return (useful or lines or ["prediction failed"])[0]
 
 
 def _to_tensor(name: str, value: Any, spec: tf.TensorSpec) -> tf.Tensor:

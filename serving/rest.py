@@ -56,17 +56,16 @@ def parse_predict_body(body: dict[str, Any], input_names: list[str]) -> tuple[di
         instances = decode_b64(body["instances"])
         if not isinstance(instances, list) or not instances:
             raise ServingError(400, "'instances' must be a non-empty list")
-        named = all(isinstance(i, dict) and set(i) <= set(input_names) and i for i in instances)
-        if named:
-            keys = set(instances[0])
-            if any(set(i) != keys for i in instances):
-                raise ServingError(400, "every instance must name the same inputs")
+        if any(isinstance(i, dict) for i in instances):  # named inputs ({"b64"} is decoded)
+            keys = set(instances[0]) if isinstance(instances[0], dict) else set()
+            if not keys or any(not isinstance(i, dict) or set(i) != keys for i in instances):
+                raise ServingError(400, "every instance must be an object naming the same inputs")
             return {k: [i[k] for i in instances] for k in keys}, True
         if len(input_names) != 1:
             raise ServingError(400, f"instances must name the inputs {input_names}")
         return {input_names[0]: instances}, True
     inputs = decode_b64(body["inputs"])
-    if isinstance(inputs, dict) and inputs and set(inputs) <= set(input_names):
+    if isinstance(inputs, dict):  # named inputs
         return inputs, False
     if len(input_names) != 1:
         raise ServingError(400, f"'inputs' must be an object naming the inputs {input_names}")

@@ -107,3 +107,46 @@ def trained_model(prepared, tmp_path_factory) -> Path:
     train(prepared / "dataset", prepared / "class_weights.json", out,
           TrainConfig(epochs=2, batch_size=32, seed=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_model, prepared, tmp_path_factory) -> Path:
+    """The trained model exported by the pipeline's export step (a self-verified SavedModel)."""
+    from components.export import export
+
+    out = tmp_path_factory.mktemp("exported") / "saved_model"
+    export(trained_model, prepared / "dataset", out, {"macro_f1": 0.2})
+    return out
+
+
+@pytest.fixture(scope="session")
+def second_exported_model(prepared, tmp_path_factory) -> Path:
+    """A different model (another seed, one epoch), exported: a second version to deploy."""
+    from components.export import export
+    from components.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("second")
+    train(prepared / "dataset", prepared / "class_weights.json", root / "model",
+          TrainConfig(epochs=1, batch_size=32, seed=99))
+    export(root / "model", prepared / "dataset", root / "saved_model", {"macro_f1": 0.3})
+    return root / "saved_model"
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start a real local server (REST + gRPC on 127.0.0.1) over a model base path."""
+    from serving.model_store import ModelStore
+    from serving.server import LocalServer
+
+    servers = []
+
+    def start(base_path, poll_seconds=0.3, labels=None, max_body_bytes=None, name="fer"):
+        store = ModelStore(name, str(base_path), version_labels=labels, poll_seconds=poll_seconds)
+        kwargs = {"max_body_bytes": max_body_bytes} if max_body_bytes else {}
+        server = LocalServer({name: store}, "127.0.0.1", free_port(), 0, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,173 @@
+"""The local server's REST API against TF Serving's documented contract, on a real server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from PIL import Image
+
+from components.deploy import deploy
+from tests.conftest import face_pixels, real_faces
+
+
+@pytest.fixture
+def server(exported_model, tmp_path, serve):
+    deploy(exported_model, str(tmp_path / "serving"), "fer")
+    return serve(tmp_path / "serving" / "fer", labels={"stable": 1}, max_body_bytes=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def reference(exported_model):
+    """In-process answers of the same SavedModel, to compare the server's with."""
+    loaded = tf.saved_model.load(str(exported_model))
+    faces = np.stack([face_pixels(f) for f in real_faces("test", "sad", 3)])
+    probs = loaded.signatures["serving_default"](
+        pixels=tf.constant(faces[..., None], tf.float32))["probabilities"].numpy()
+    return faces, probs
+
+
+def url(server, path=""):
+    return f"http://127.0.0.1:{server.rest_port}/v1/models/fer{path}"
+
+
+def post(server, path, body, **kw):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(url(server, path), data=data, timeout=30, **kw)
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def test_status(server):
+    r = requests.get(url(server), timeout=10)
+    assert r.status_code == 200
+    assert r.json() == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert requests.get(url(server, "/versions/1"), timeout=10).json() == r.json()
+    assert requests.get(url(server, "/labels/stable"), timeout=10).json() == r.json()
+
+
+def test_metadata(server):
+    for path in ("/metadata", "/versions/1/metadata", "/labels/stable/metadata"):
+        meta = requests.get(url(server, path), timeout=10).json()
+        assert meta["model_spec"] == {"name": "fer", "signature_name": "", "version": "1"}
+        defs = meta["metadata"]["signature_def"]["signature_def"]
+        assert set(defs) == {"serving_default", "predict_images"}
+        pixels = defs["serving_default"]["inputs"]["pixels"]
+        assert pixels["dtype"] == "DT_FLOAT"
+        assert [int(d["size"]) for d in pixels["tensor_shape"]["dim"]] == [-1, 48, 48, 1]
+        assert defs["predict_images"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+        assert set(defs["serving_default"]["outputs"]) == {"probabilities", "class_id", "class_name"}
+
+
+def test_predict_row_format(server, reference):
+    faces, probs = reference
+    r = post(server, ":predict", {"instances": faces[..., None].tolist()})
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert len(predictions) == 3
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], probs, atol=1e-5)
+    assert [p["class_id"] for p in predictions] == probs.argmax(axis=1).tolist()
+    assert all(isinstance(p["class_name"], str) for p in predictions)
+
+
+def test_predict_named_instances_and_versions(server, reference):
+    faces, probs = reference
+    body = {"signature_name": "serving_default",
+            "instances": [{"pixels": f[..., None].tolist()} for f in faces]}
+    for path in (":predict", "/versions/1:predict", "/labels/stable:predict"):
+        r = post(server, path, body)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], probs,
+                                   atol=1e-5)
+
+
+def test_predict_columnar_format(server, reference):
+    faces, probs = reference
+    for inputs in (faces[..., None].tolist(), {"pixels": faces[..., None].tolist()}):
+        r = post(server, ":predict", {"inputs": inputs})
+        assert r.status_code == 200, r.text
+        outputs = r.json()["outputs"]
+        np.testing.assert_allclose(outputs["probabilities"], probs, atol=1e-5)
+        assert len(outputs["class_id"]) == len(outputs["class_name"]) == 3
+
+
+def test_predict_b64_images(server, reference):
+    faces, probs = reference
+    pngs = []
+    for f in faces:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    r = post(server, ":predict", {"signature_name": "predict_images",
+                                  "instances": [b64(p) for p in pngs]})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], probs,
+                               atol=1e-4)
+    jpeg = real_faces("test", "sad", 1)[0].read_bytes()  # the original file, JPEG
+    r = post(server, ":predict", {"signature_name": "predict_images",
+                                  "inputs": {"image_bytes": [b64(jpeg)]}})
+    assert r.status_code == 200 and len(r.json()["outputs"]["probabilities"]) == 1
+
+
+def test_json_without_content_type_header(server, reference):
+    faces, _ = reference
+    body = json.dumps({"instances": faces[:1, ..., None].tolist()}).encode()
+    request = requests.Request("POST", url(server, ":predict"), data=body).prepare()
+    assert "Content-Type" not in request.headers  # as TF Serving's own example clients send
+    r = requests.Session().send(request, timeout=30)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+ERRORS = [
+    ("malformed JSON", ":predict", b"{not json", 400, "JSON Parse error"),
+    ("body not an object", ":predict", [1, 2], 400, "must be a JSON object"),
+    ("neither instances nor inputs", ":predict", {"signature_name": "serving_default"}, 400,
+     "exactly one of 'instances'"),
+    ("both instances and inputs", ":predict", {"instances": [1], "inputs": [1]}, 400,
+     "exactly one of 'instances'"),
+    ("wrong shape", ":predict", {"instances": np.zeros((2, 48, 47, 1)).tolist()}, 400,
+     "has shape [2, 48, 47, 1], expected [None, 48, 48, 1]"),
+    ("ragged", ":predict", {"instances": [[[0.0]], [[0.0, 1.0]]]}, 400, "cannot convert"),
+    ("wrong dtype", ":predict", {"instances": [[["a"] * 48] * 48]}, 400, "cannot convert"),
+    ("unknown signature", ":predict", {"signature_name": "classify", "instances": [1]}, 400,
+     'Serving signature name: "classify" not found'),
+    ("undecodable image", ":predict",
+     {"signature_name": "predict_images", "instances": [{"b64": base64.b64encode(b"nope").decode()}]},
+     400, "Unknown image file format"),
+    ("invalid base64", ":predict", {"signature_name": "predict_images",
+                                    "instances": [{"b64": "%%%"}]}, 400, "invalid base64"),
+    ("unknown input name", ":predict", {"inputs": {"pixels": [], "extra": []}}, 400, "inputs"),
+    ("unknown version", "/versions/9:predict", {"instances": [1]}, 404,
+     "Servable not found for request: Specific(fer, 9)"),
+    ("unknown label", "/labels/canary:predict", {"instances": [1]}, 404,
+     "Unrecognized servable version label: canary"),
+    ("body too large", ":predict", b"x" * 1_500_000, 413, "exceeds the limit of 1,000,000 bytes"),
+]
+
+
+@pytest.mark.parametrize("case, path, body, status, message", ERRORS, ids=[e[0] for e in ERRORS])
+def test_errors_have_tf_serving_codes_and_server_stays_up(server, case, path, body, status,
+                                                          message):
+    r = post(server, path, body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert set(r.json()) == {"error"}
+    assert requests.get(url(server), timeout=10).status_code == 200  # still serving
+
+
+def test_unknown_model_and_route(server):
+    r = requests.get(f"http://127.0.0.1:{server.rest_port}/v1/models/other", timeout=10)
+    assert r.status_code == 404 and r.json() == {"error": "Could not find any versions of model other"}
+    r = post(server, ":classify", {"instances": [1]})  # :classify/:regress are not served
+    assert r.status_code == 405
+    assert r.json() == {"error": "Malformed request: POST /v1/models/fer:classify"}
+    r = requests.get(url(server, "/versions/9"), timeout=10)
+    assert r.status_code == 404 and "version 9" in r.json()["error"]
