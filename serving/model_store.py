@@ -247,6 +247,8 @@ class ModelStore:
 
     def statuses(self, version: int | None = None) -> list[dict[str, Any]]:
         states = dict(self._states)
+        if not states:
+            raise ServingError(404, f"Could not find any versions of model {self.name}")
         if version is not None:
             if version not in states:
                 raise ServingError(404, f"Could not find version {version} of model {self.name}")
