@@ -93,11 +93,8 @@ class LocalServer:
         for store in self.stores.values():
             store.stop()
 
-    def wait(self) -> None:
-        """Block until interrupted (SIGINT/SIGTERM), then stop."""
-        done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
+    def wait(self, done: threading.Event) -> None:
+        """Block until ``done`` is set (by a signal handler) or the REST server ends; stop."""
         while not done.wait(0.5):
             if self._rest_thread and not self._rest_thread.is_alive():
                 break
@@ -130,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("error: give --model_base_path or --model_config_file", file=sys.stderr)
             return 2
+        done = threading.Event()  # before start: a SIGTERM during start-up stops cleanly
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
         server = LocalServer(stores, args.rest_api_host, args.rest_api_port, args.port,
                              args.rest_api_max_body_bytes).start()
     except (ValueError, OSError) as exc:
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if not store.served_versions:
             log.warning("model %s: no loadable version under %s yet; waiting for one",
                         name, store.base_path)
-    server.wait()
+    server.wait(done)
+    log.info("stopped")
     return 0
 
 

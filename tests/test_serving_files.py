@@ -1,0 +1,95 @@
+"""Production serving files: models.config (TF Serving's proto), Dockerfiles, fer-serve flags."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from components.deploy import deploy
+from serving.model_store import VersionPolicy
+from serving.server import LocalServer, main, stores_from_config
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_models_config_parses_as_tf_serving_config():
+    (store,) = stores_from_config(ROOT / "serving" / "models.config", 1.0).values()
+    assert store.name == "fer" and store.base_path == "/models/fer"
+    assert store.policy == VersionPolicy("latest", num_versions=2)
+    assert store.version_labels == {"stable": 1}
+
+
+def test_server_runs_from_the_models_config(exported_model, second_exported_model, tmp_path):
+    base = tmp_path / "serving"
+    deploy(exported_model, str(base), "fer")
+    deploy(second_exported_model, str(base), "fer")
+    config = tmp_path / "models.config"
+    text = (ROOT / "serving" / "models.config").read_text()
+    config.write_text(text.replace('"/models/fer"', '"serving/fer"'))  # relative to the file
+    stores = stores_from_config(config, 0.5)
+    server = LocalServer(stores, "127.0.0.1", free_port(), 0).start()
+    try:
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/fer"
+        statuses = requests.get(url, timeout=10).json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in statuses] == [("2", "AVAILABLE"),
+                                                                   ("1", "AVAILABLE")]
+        stable = requests.get(url + "/labels/stable/metadata", timeout=10).json()
+        assert stable["model_spec"]["version"] == "1"
+        assert requests.get(url + "/metadata", timeout=10).json()["model_spec"]["version"] == "2"
+    finally:
+        server.stop()
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "bad.config").write_text("model_config_list { config { nme: 'x' } }")
+    assert main(["--model_config_file", str(tmp_path / "bad.config")]) == 2
+    assert "cannot read model config" in capsys.readouterr().err
+    assert main([]) == 2
+    assert "--model_base_path or --model_config_file" in capsys.readouterr().err
+
+
+def test_fer_serve_command_serves(exported_model, tmp_path):
+    deploy(exported_model, str(tmp_path / "serving"), "fer")
+    rest, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model_name=fer",
+         f"--model_base_path={tmp_path / 'serving' / 'fer'}", f"--rest_api_port={rest}",
+         f"--port={grpc_port}", "--rest_api_host=127.0.0.1", "--file_system_poll_wait_seconds=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(300):
+            try:
+                r = requests.get(f"http://127.0.0.1:{rest}/v1/models/fer", timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None:
+                    pytest.fail(proc.stdout.read())
+                import time
+                time.sleep(0.1)
+        assert r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert "loaded version 1" in out and "(3 warm-up requests)" in out
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.serve", "Dockerfile.train"])
+def test_hadolint_passes(dockerfile):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serving_image_is_pinned_and_ships_the_configs():
+    text = (ROOT / "Dockerfile.serve").read_text()
+    assert "FROM tensorflow/serving:2.21.0\n" in text
+    assert "COPY serving/models.config serving/batching.config /config/" in text
+    assert "--model_config_file=/config/models.config" in text
+    assert "ENV MODEL_NAME=fer" in text
