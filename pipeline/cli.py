@@ -4,6 +4,7 @@ Subcommands:
   data     ingest, preprocess and class-weight a FER2013 source; print the manifest summary
   run      run the whole pipeline locally (kfp.local): train, gate, export, deploy
   compile  write the pipeline's KFP IR YAML (for a Kubeflow Pipelines cluster)
+  submit   start a run of the pipeline on a Kubeflow Pipelines cluster
   predict  emotions of the faces in photos, from a served model (REST or gRPC)
 """
 
@@ -91,11 +92,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_resources(args: argparse.Namespace):
+    from pipeline.pipeline import TrainResources
+
+    return TrainResources(args.accelerator_type, args.gpus, args.train_cpu, args.train_memory)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from pipeline.pipeline import compile_pipeline
 
     params = _pipeline_parameters(args)
-    print(compile_pipeline(args.output, params))
+    print(compile_pipeline(args.output, params, image=args.image,
+                           resources=_train_resources(args), enable_caching=not args.no_cache))
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.submit import SubmitError, submit
+
+    params = _pipeline_parameters(args)
+    try:
+        result = submit(args.host, params, image=args.image, resources=_train_resources(args),
+                        experiment=args.experiment,
+                        run_name=args.run_name, namespace=args.namespace,
+                        enable_caching=not args.no_cache, wait=args.wait,
+                        timeout_s=args.timeout, poll_s=args.poll_interval)
+    except SubmitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run:      {result['run_id']} (experiment {result['experiment']})")
+    print(f"url:      {result['url']}")
+    if "state" in result:
+        print(f"state:    {result['state']}" + (f": {result['error']}" if "error" in result else ""))
+        print(f"gate:     {result['gate']}")
+        return 0 if result["state"] == "SUCCEEDED" else 1
     return 0
 
 
@@ -134,6 +164,27 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--max-train-per-class", type=int, metavar="N")
     p.add_argument("--checkpoint-root", default=None,
                    help="keep per-epoch checkpoints here so a killed run resumes")
+
+
+def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    from components.kfp_components import TRAIN_IMAGE
+    from pipeline.pipeline import TrainResources
+
+    res = TrainResources()
+    p.add_argument("--image", default=TRAIN_IMAGE,
+                   help="container image every task runs on (built from Dockerfile.train; "
+                   "default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="turn KFP's execution cache off for every task (it is on by default)")
+    p.add_argument("--gpus", type=int, default=res.accelerator_count, metavar="N",
+                   help="accelerators for each train task (default: %(default)s; 0 on a "
+                   "cluster without GPUs, such as kind)")
+    p.add_argument("--accelerator-type", default=res.accelerator_type,
+                   help="Kubernetes resource name of the accelerator (default: %(default)s)")
+    p.add_argument("--train-cpu", default=res.cpu_request,
+                   help="CPU request of a train task (default: %(default)s)")
+    p.add_argument("--train-memory", default=res.memory_request,
+                   help="memory request of a train task (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,9 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Compile the pipeline to KFP IR YAML; the profile and "
                           "flags become the parameters' defaults.")
     _add_pipeline_arguments(comp, source_default=None)
+    _add_cluster_arguments(comp)
     comp.set_defaults(profile="full")
     comp.add_argument("--output", "-o", default="fer_pipeline.yaml")
     comp.set_defaults(func=_cmd_compile)
+
+    subm = sub.add_parser("submit", help="run the pipeline on a Kubeflow Pipelines cluster",
+                          description="Compile the pipeline for the cluster's image and start "
+                          "a run through kfp.Client; print the run's URL and, with --wait, its "
+                          "final state and the gate decision. --source and --serving-base must "
+                          "be locations the cluster can read, e.g. gs:// URIs.")
+    _add_pipeline_arguments(subm, source_default=None)
+    _add_cluster_arguments(subm)
+    subm.set_defaults(profile="full", serving_base=None)
+    subm.add_argument("--host", required=True,
+                      help="KFP API endpoint, e.g. http://localhost:8080 (port-forwarded UI)")
+    subm.add_argument("--namespace", help="Kubernetes namespace (multi-user Kubeflow)")
+    subm.add_argument("--experiment", default="fer", help="experiment name (default: fer)")
+    subm.add_argument("--run-name", help="name of the run in the UI")
+    subm.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    subm.add_argument("--timeout", type=float, default=24 * 3600,
+                      help="seconds to wait with --wait (default: a day)")
+    subm.add_argument("--poll-interval", type=float, default=10.0, metavar="SECONDS",
+                      help="how often --wait asks for the run's state (default: 10)")
+    subm.set_defaults(func=_cmd_submit)
 
     pred = sub.add_parser("predict", help="emotions of the faces in photos, from a served model",
                           description="Detect faces (OpenCV Haar cascade), send them in one "

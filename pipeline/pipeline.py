@@ -1,14 +1,24 @@
 """The FER2013 pipeline: data steps -> train variants -> select -> evaluate + gate -> export -> deploy.
 
 Compile it with ``fer-pipeline compile`` (or ``python -m pipeline.pipeline``); run it locally
-with ``fer-pipeline run``.
+with ``fer-pipeline run``; submit it to a cluster with ``fer-pipeline submit``.
+
+Run settings are the pipeline's typed parameters. What a cluster needs to schedule the
+tasks is fixed when the pipeline is compiled: the container image every task runs on, the
+train task's resources (a GPU by default), and whether tasks may be served from KFP's
+execution cache (on by default). ``build_pipeline(image, resources, enable_caching)`` makes
+that pipeline; ``fer_pipeline`` is the default one. (KFP 2.17 cannot take resources from
+pipeline parameters inside a ``ParallelFor``: the loop does not receive those parameters.)
 """
 
+from dataclasses import dataclass
 from typing import List, NamedTuple
 
 from kfp import compiler, dsl
+from kfp.dsl import graph_component
 
 from components.kfp_components import (
+    TRAIN_IMAGE,
     class_weights_op,
     data_report_op,
     deploy_op,
@@ -22,65 +32,117 @@ from components.kfp_components import (
 )
 
 PIPELINE_NAME = "fer-pipeline"
+# I/O steps (reading the source, publishing to the serving base) are retried with backoff:
+# both are repeat-safe (ingest rewrites its output, deploy returns an existing version).
+IO_RETRIES = 3
+IO_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="FER2013 -> trained, macro-F1-gated, versioned TF Serving model")
-def fer_pipeline(
-    source: str,
-    serving_base: str,
-    architectures: List[str] = ["baseline_cnn"],  # noqa: B006 (KFP reads the default)
-    epochs: int = 30,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    f1_threshold: float = 0.5,
-    min_improvement: float = 0.01,
-    model_name: str = "fer",
-    seed: int = 42,
-    data_format: str = "auto",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    drop_duplicates: bool = False,
-    max_train_per_class: int = 0,
-    class_weight_mode: str = "balanced",
-    checkpoint_root: str = "",
-) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
-    ingest = ingest_op(source=source, data_format=data_format)
-    prep = preprocess_op(dataset=ingest.outputs["dataset"], val_fraction=val_fraction,
-                         test_fraction=test_fraction, seed=seed, drop_duplicates=drop_duplicates,
-                         max_train_per_class=max_train_per_class)
-    weights = class_weights_op(dataset=prep.outputs["splits"], mode=class_weight_mode)
-    data_report_op(dataset=prep.outputs["splits"], weights=weights.outputs["weights"])
+@dataclass(frozen=True)
+class TrainResources:
+    """What each train task asks the cluster for. ``accelerator_count=0``: no accelerator."""
 
-    with dsl.ParallelFor(architectures) as architecture:
-        trained = train_op(dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
-                           architecture=architecture, epochs=epochs, batch_size=batch_size,
-                           learning_rate=learning_rate, seed=seed,
-                           checkpoint_root=checkpoint_root)
-    best = select_best_op(models=dsl.Collected(trained.outputs["model"]))
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_count: int = 1
+    cpu_request: str = "4"
+    memory_request: str = "16G"
 
-    evaluation = evaluate_op(model=best.outputs["best"], dataset=prep.outputs["splits"],
-                             serving_base=serving_base, model_name=model_name,
-                             f1_threshold=f1_threshold, min_improvement=min_improvement)
-    evaluation.set_caching_options(False)  # the champion may change between identical runs
+    def __post_init__(self) -> None:
+        if self.accelerator_count < 0:
+            raise ValueError(f"accelerator_count must be >= 0, got {self.accelerator_count}")
+        if self.accelerator_count and not self.accelerator_type:
+            raise ValueError("an accelerator count needs an accelerator type")
 
-    with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712 (KFP condition syntax)
-        exported = export_op(model=best.outputs["best"], dataset=prep.outputs["splits"],
-                             evaluation=evaluation.outputs["evaluation"])
-        deployed = deploy_op(saved_model=exported.outputs["saved_model"],
-                             serving_base=serving_base, model_name=model_name)
-        deployed.set_caching_options(False)
-    with dsl.Else():
-        skipped = skip_deploy_op(decision=evaluation.outputs["decision"])
-
-    outputs = NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str)
-    return outputs(best.outputs["Output"], evaluation.outputs["decision"],
-                   dsl.OneOf(deployed.output, skipped.output))
+    def apply(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        task.set_cpu_request(self.cpu_request).set_memory_request(self.memory_request)
+        if self.accelerator_count:
+            task.set_accelerator_type(self.accelerator_type)
+            task.set_accelerator_limit(self.accelerator_count)
+        return task
 
 
-def compile_pipeline(path: str, pipeline_parameters: dict | None = None) -> str:
-    """Write the pipeline's KFP IR YAML to ``path``."""
-    compiler.Compiler().compile(fer_pipeline, path, pipeline_parameters=pipeline_parameters)
+def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainResources(),
+                   enable_caching: bool = True) -> graph_component.GraphComponent:
+    """The pipeline with every task on ``image``, each train task asking for ``resources``;
+    ``enable_caching=False`` turns KFP's cache off for every task."""
+    if not image or any(c.isspace() for c in image):
+        raise ValueError(f"image must be a container image reference, got {image!r}")
+
+    def on_image(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
+        return task.set_container_image(image).set_caching_options(enable_caching and cache)
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="FER2013 -> trained, macro-F1-gated, versioned TF Serving model")
+    def fer_pipeline(
+        source: str,
+        serving_base: str,
+        architectures: List[str] = ["baseline_cnn"],  # noqa: B006 (KFP reads the default)
+        epochs: int = 30,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        f1_threshold: float = 0.5,
+        min_improvement: float = 0.01,
+        model_name: str = "fer",
+        seed: int = 42,
+        data_format: str = "auto",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        drop_duplicates: bool = False,
+        max_train_per_class: int = 0,
+        class_weight_mode: str = "balanced",
+        checkpoint_root: str = "",
+    ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
+        ingest = on_image(ingest_op(source=source, data_format=data_format))
+        ingest.set_retry(IO_RETRIES, **IO_BACKOFF)
+        prep = on_image(preprocess_op(dataset=ingest.outputs["dataset"],
+                                      val_fraction=val_fraction, test_fraction=test_fraction,
+                                      seed=seed, drop_duplicates=drop_duplicates,
+                                      max_train_per_class=max_train_per_class))
+        weights = on_image(class_weights_op(dataset=prep.outputs["splits"],
+                                            mode=class_weight_mode))
+        on_image(data_report_op(dataset=prep.outputs["splits"],
+                                weights=weights.outputs["weights"]))
+
+        with dsl.ParallelFor(architectures) as architecture:
+            trained = resources.apply(on_image(train_op(
+                dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
+                architecture=architecture, epochs=epochs, batch_size=batch_size,
+                learning_rate=learning_rate, seed=seed, checkpoint_root=checkpoint_root)))
+        best = on_image(select_best_op(models=dsl.Collected(trained.outputs["model"])))
+
+        # Never cached: the champion may change between identical runs.
+        evaluation = on_image(evaluate_op(
+            model=best.outputs["best"], dataset=prep.outputs["splits"],
+            serving_base=serving_base, model_name=model_name, f1_threshold=f1_threshold,
+            min_improvement=min_improvement), cache=False)
+
+        with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712 (KFP condition syntax)
+            exported = on_image(export_op(model=best.outputs["best"],
+                                          dataset=prep.outputs["splits"],
+                                          evaluation=evaluation.outputs["evaluation"]))
+            deployed = on_image(deploy_op(saved_model=exported.outputs["saved_model"],
+                                          serving_base=serving_base, model_name=model_name),
+                                cache=False)
+            deployed.set_retry(IO_RETRIES, **IO_BACKOFF)
+        with dsl.Else():
+            skipped = on_image(skip_deploy_op(decision=evaluation.outputs["decision"]))
+
+        outputs = NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str)
+        return outputs(best.outputs["Output"], evaluation.outputs["decision"],
+                       dsl.OneOf(deployed.output, skipped.output))
+
+    return fer_pipeline
+
+
+fer_pipeline = build_pipeline()
+
+
+def compile_pipeline(path: str, pipeline_parameters: dict | None = None,
+                     image: str = TRAIN_IMAGE, resources: TrainResources = TrainResources(),
+                     enable_caching: bool = True) -> str:
+    """Write the pipeline's KFP IR YAML to ``path``, every task on ``image``."""
+    pipeline = build_pipeline(image, resources, enable_caching)
+    compiler.Compiler().compile(pipeline, path, pipeline_parameters=pipeline_parameters)
     return path
 
 
