@@ -103,7 +103,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     params = _pipeline_parameters(args)
     print(compile_pipeline(args.output, params, image=args.image,
-                           resources=_train_resources(args), enable_caching=not args.no_cache))
+                           resources=_train_resources(args), volumes=tuple(args.volume),
+                           enable_caching=not args.no_cache))
     return 0
 
 
@@ -113,6 +114,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     params = _pipeline_parameters(args)
     try:
         result = submit(args.host, params, image=args.image, resources=_train_resources(args),
+                        volumes=tuple(args.volume),
                         experiment=args.experiment,
                         run_name=args.run_name, namespace=args.namespace,
                         enable_caching=not args.no_cache, wait=args.wait,
@@ -168,7 +170,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     from components.kfp_components import TRAIN_IMAGE
-    from pipeline.pipeline import TrainResources
+    from pipeline.pipeline import TrainResources, parse_volume
 
     res = TrainResources()
     p.add_argument("--image", default=TRAIN_IMAGE,
@@ -185,6 +187,16 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU request of a train task (default: %(default)s)")
     p.add_argument("--train-memory", default=res.memory_request,
                    help="memory request of a train task (default: %(default)s)")
+
+    def volume(spec: str) -> tuple[str, str]:
+        try:
+            return parse_volume(spec)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    p.add_argument("--volume", type=volume, action="append", default=[],
+                   metavar="CLAIM:/PATH", help="mount this PersistentVolumeClaim into every "
+                   "task (repeatable), e.g. fer-data:/data for --source /data/fer2013")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,16 +5,18 @@ with ``fer-pipeline run``; submit it to a cluster with ``fer-pipeline submit``.
 
 Run settings are the pipeline's typed parameters. What a cluster needs to schedule the
 tasks is fixed when the pipeline is compiled: the container image every task runs on, the
-train task's resources (a GPU by default), and whether tasks may be served from KFP's
-execution cache (on by default). ``build_pipeline(image, resources, enable_caching)`` makes
-that pipeline; ``fer_pipeline`` is the default one. (KFP 2.17 cannot take resources from
+train task's resources (a GPU by default), the PersistentVolumeClaims mounted into every
+task (how a local cluster without GCS gets its data in and its models out), and whether
+tasks may be served from KFP's execution cache (on by default).
+``build_pipeline(image, resources, volumes, enable_caching)`` makes that pipeline;
+``fer_pipeline`` is the default one. (KFP 2.17 cannot take resources from
 pipeline parameters inside a ``ParallelFor``: the loop does not receive those parameters.)
 """
 
 from dataclasses import dataclass
 from typing import List, NamedTuple
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 from kfp.dsl import graph_component
 
 from components.kfp_components import (
@@ -61,14 +63,29 @@ class TrainResources:
         return task
 
 
+def parse_volume(spec: str) -> tuple[str, str]:
+    """``"claim:/mount/path"`` -> ``("claim", "/mount/path")``."""
+    claim, sep, path = spec.partition(":")
+    if not sep or not claim or not path.startswith("/"):
+        raise ValueError(f"a volume is CLAIM:/ABSOLUTE/PATH, got {spec!r}")
+    return claim, path
+
+
 def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainResources(),
+                   volumes: tuple[tuple[str, str], ...] = (),
                    enable_caching: bool = True) -> graph_component.GraphComponent:
-    """The pipeline with every task on ``image``, each train task asking for ``resources``;
-    ``enable_caching=False`` turns KFP's cache off for every task."""
+    """The pipeline with every task on ``image`` and with the PVCs ``volumes`` (claim, mount
+    path) mounted, each train task asking for ``resources``; ``enable_caching=False`` turns
+    KFP's cache off for every task."""
     if not image or any(c.isspace() for c in image):
         raise ValueError(f"image must be a container image reference, got {image!r}")
+    paths = [path for _, path in volumes]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"two volumes share a mount path: {paths}")
 
     def on_image(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
+        for claim, path in volumes:
+            kubernetes.mount_pvc(task, pvc_name=claim, mount_path=path)
         return task.set_container_image(image).set_caching_options(enable_caching and cache)
 
     @dsl.pipeline(name=PIPELINE_NAME,
@@ -139,9 +156,10 @@ fer_pipeline = build_pipeline()
 
 def compile_pipeline(path: str, pipeline_parameters: dict | None = None,
                      image: str = TRAIN_IMAGE, resources: TrainResources = TrainResources(),
+                     volumes: tuple[tuple[str, str], ...] = (),
                      enable_caching: bool = True) -> str:
     """Write the pipeline's KFP IR YAML to ``path``, every task on ``image``."""
-    pipeline = build_pipeline(image, resources, enable_caching)
+    pipeline = build_pipeline(image, resources, volumes, enable_caching)
     compiler.Compiler().compile(pipeline, path, pipeline_parameters=pipeline_parameters)
     return path
 

@@ -43,6 +43,7 @@ def gate_from_tasks(run: Any) -> str:
 
 def submit(host: str, parameters: dict[str, Any], *, image: str = TRAIN_IMAGE,
            resources: TrainResources = TrainResources(),
+           volumes: tuple[tuple[str, str], ...] = (),
            experiment: str = "fer", run_name: str | None = None, namespace: str | None = None,
            enable_caching: bool = True, wait: bool = False, timeout_s: float = 24 * 3600,
            poll_s: float = 10.0) -> dict[str, Any]:
@@ -53,11 +54,13 @@ def submit(host: str, parameters: dict[str, Any], *, image: str = TRAIN_IMAGE,
     """
     for key in ("source", "serving_base"):
         if not parameters.get(key):
-            raise SubmitError(f"the run needs a {key} that the cluster can read (gs://...)")
+            raise SubmitError(f"the run needs a {key} that the cluster can read (a gs:// URI, "
+                              f"or a path on a volume mounted with --volume)")
     client = kfp.Client(host=host, namespace=namespace)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(str(Path(tmp) / "fer_pipeline.yaml"), image=image,
-                                   resources=resources, enable_caching=enable_caching)
+                                   resources=resources, volumes=volumes,
+                                   enable_caching=enable_caching)
         result = client.create_run_from_pipeline_package(
             package, arguments=parameters, run_name=run_name, experiment_name=experiment,
             namespace=namespace, enable_caching=enable_caching)

@@ -22,6 +22,7 @@ from components import kfp_components
 from components.kfp_components import TRAIN_IMAGE
 from pipeline.cli import main
 from pipeline.local_run import run_local
+from pipeline.pipeline import TrainResources, build_pipeline
 from pipeline.profiles import profile_parameters
 from serving.model_store import ModelStore
 from serving.server import LocalServer
@@ -92,9 +93,28 @@ def test_a_cluster_without_gpus_gets_no_accelerator_request(tmp_path):
     assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == ("1", "4G")
 
 
-def test_bad_cluster_settings_are_refused():
-    from pipeline.pipeline import TrainResources, build_pipeline
+def test_volumes_are_mounted_into_every_task(tmp_path):
+    out = tmp_path / "kind.yaml"
+    assert main(["compile", "-o", str(out), "--image", "fer-train:local", "--gpus", "0",
+                 "--volume", "fer-data:/data", "--volume", "fer-models:/models",
+                 "--source", "/data/fer2013", "--serving-base", "/models"]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])
+    for name, config in executors.items():
+        assert [(m["constant"], m["mountPath"]) for m in config["pvcMount"]] == [
+            ("fer-data", "/data"), ("fer-models", "/models")], name
+    assert spec["root"]["inputDefinitions"]["parameters"]["source"]["defaultValue"] == \
+        "/data/fer2013"
 
+
+def test_bad_cluster_settings_are_refused(capsys):
+    for bad in ("fer-data", "fer-data:data", ":/data"):
+        with pytest.raises(SystemExit):
+            main(["compile", "--volume", bad])
+        assert "a volume is CLAIM:/ABSOLUTE/PATH" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="share a mount path"):
+        build_pipeline(volumes=(("a", "/data"), ("b", "/data")))
     with pytest.raises(ValueError, match="container image"):
         build_pipeline("fer train:1")
     with pytest.raises(ValueError, match="accelerator_count must be >= 0"):
