@@ -11,6 +11,7 @@ served stay.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -96,7 +97,11 @@ def _to_tensor(name: str, value: Any, spec: tf.TensorSpec) -> tf.Tensor:
             array = np.asarray(value, dtype=object)
             tensor = tf.constant(array.tolist() if array.ndim else [value], dtype=tf.string)
         else:
-            tensor = tf.constant(np.asarray(value, dtype=spec.dtype.as_numpy_dtype))
+            array = np.asarray(value)
+            if (spec.dtype.is_integer and array.dtype.kind == "f"
+                    and not np.array_equal(array, np.round(array))):
+                raise ValueError("non-integer values")
+            tensor = tf.constant(array.astype(spec.dtype.as_numpy_dtype, copy=False))
     except (ValueError, TypeError) as exc:
         raise ServingError(400, f"input {name!r}: cannot convert to {spec.dtype.name} tensor "
                            f"({exc})") from exc
@@ -177,6 +182,20 @@ def replay_warmup(loaded: LoadedVersion) -> int:
     return count
 
 
+def settle_heap() -> None:
+    """Collect what the swap freed, then exempt the long-lived rest from garbage collection.
+
+    A loaded SavedModel adds hundreds of thousands of Python objects that live as long as
+    the version does. Left in the collector's generations, each full collection, which the
+    many lists of a parsed JSON batch trigger, walks all of them: about 150 ms a batch-32
+    REST request on a 2-core machine instead of 40. ``gc.freeze`` moves them to the permanent
+    generation; ``gc.unfreeze`` first lets unloaded versions' cycles be collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelStore:
     """The versions of one model that the server serves, kept up to date by polling."""
 
@@ -222,7 +241,9 @@ class ModelStore:
                 del served[version]
                 self._states[version] = {"state": "END", "error": ""}
                 log.info("unloaded version %d of %s", version, self.name)
-            self._served = served  # one assignment: the swap requests see
+            if served != self._served:
+                self._served = served  # one assignment: the swap requests see
+                settle_heap()
 
     def start(self) -> ModelStore:
         self.poll()

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import numpy as np
+import simdjson
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +34,72 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+# The keys whose value is a tensor, in the row and the columnar format.
+TENSOR_KEYS = ("instances", "inputs")
+_NUMBER_CHARS = b"0123456789.eE+-"
+
+
+def _skeleton_shape(node: simdjson.Array) -> tuple[int, ...] | None:
+    """The shape read along the first element at each level, if the minified text, numbers
+    deleted, is exactly the bracket-and-comma skeleton of that shape; else ``None``.
+
+    With numbers deleted, an innermost ``[x]`` reads like ``[]``: the caller also checks
+    that the number of values is the product of the shape.
+    """
+    shape, item = [], node
+    while isinstance(item, simdjson.Array):
+        shape.append(len(item))
+        if not shape[-1]:
+            break
+        item = item[0]
+    skeleton = b""
+    for n in reversed(shape):
+        skeleton = b"[" + b",".join([skeleton] * n) + b"]"
+    return tuple(shape) if node.mini.translate(None, _NUMBER_CHARS) == skeleton else None
+
+
+def numeric_array(node: simdjson.Array) -> np.ndarray | None:
+    """A rectangular all-number JSON array as one float64 ndarray, or ``None``."""
+    try:
+        flat = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):  # strings, objects, booleans, nulls
+        return None
+    shape = _skeleton_shape(node)
+    if shape is None or int(np.prod(shape)) != flat.size:
+        return None
+    return flat.reshape(shape)
+
+
+def parse_json(body: bytes) -> Any:
+    """The request body as Python values, a numeric tensor as one ndarray.
+
+    simdjson parses the body, and a rectangular all-number ``instances``/``inputs`` array
+    becomes a float64 array directly instead of a Python list per row and number: on a
+    batch of 32 faces that is 2 ms instead of 25, held under the GIL. Anything else takes
+    the standard library's path (and its error messages).
+    """
+    try:
+        doc = simdjson.Parser().parse(body)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return json.loads(body)
+    if not isinstance(doc, simdjson.Object):
+        return json.loads(body)
+    parsed: dict[str, Any] = {}
+    for key in doc.keys():
+        value = doc[key]  # lazy: items() would build Python lists
+        array = numeric_array(value) if (key in TENSOR_KEYS
+                                         and isinstance(value, simdjson.Array)) else None
+        if array is not None:
+            parsed[key] = array
+        elif isinstance(value, simdjson.Object):
+            parsed[key] = value.as_dict()
+        elif isinstance(value, simdjson.Array):
+            parsed[key] = value.as_list()
+        else:
+            parsed[key] = value
+    return parsed
+
+
 def decode_b64(value: Any) -> Any:
     """Replace every ``{"b64": "..."}`` with its bytes, as TF Serving does."""
     if isinstance(value, dict):
@@ -47,19 +114,21 @@ def decode_b64(value: Any) -> Any:
     return value
 
 
-def parse_predict_body(body: dict[str, Any], input_names: list[str],
-                       has_b64: bool = True) -> tuple[dict[str, Any], bool]:
-    """``(inputs by name, row format?)`` from a predict body for a signature's inputs.
-
-    ``has_b64=False`` (the raw body has no ``b64`` key) skips the walk that decodes
-    ``{"b64": ...}`` values: on a batch of pixels it costs more than the model.
-    """
-    decode = decode_b64 if has_b64 else (lambda v: v)
+def parse_predict_body(body: dict[str, Any],
+                       input_names: list[str]) -> tuple[dict[str, Any], bool]:
+    """``(inputs by name, row format?)`` from a predict body for a signature's inputs."""
     if ("instances" in body) == ("inputs" in body):
         raise ServingError(400, "the request must have exactly one of 'instances' (row "
                                 "format) or 'inputs' (columnar format)")
+    tensor = body.get("instances", body.get("inputs"))
+    if isinstance(tensor, np.ndarray):  # numbers only, parsed into one array
+        if len(input_names) != 1:
+            raise ServingError(400, f"the request must name the inputs {input_names}")
+        if "instances" in body and not tensor.size:
+            raise ServingError(400, "'instances' must be a non-empty list")
+        return {input_names[0]: tensor}, "instances" in body
     if "instances" in body:
-        instances = decode(body["instances"])
+        instances = decode_b64(body["instances"])
         if not isinstance(instances, list) or not instances:
             raise ServingError(400, "'instances' must be a non-empty list")
         if any(isinstance(i, dict) for i in instances):  # named inputs ({"b64"} is decoded)
@@ -70,7 +139,7 @@ def parse_predict_body(body: dict[str, Any], input_names: list[str],
         if len(input_names) != 1:
             raise ServingError(400, f"instances must name the inputs {input_names}")
         return {input_names[0]: instances}, True
-    inputs = decode(body["inputs"])
+    inputs = decode_b64(body["inputs"])
     if isinstance(inputs, dict):  # named inputs
         return inputs, False
     if len(input_names) != 1:
@@ -139,16 +208,14 @@ def create_app(stores: dict[str, ModelStore],
                 raise ServingError(413, f"request body exceeds the limit of "
                                         f"{max_body_bytes:,} bytes")
         try:
-            parsed = json.loads(body)  # whatever the Content-Type, as TF Serving
+            return parse_json(bytes(body))  # whatever the Content-Type, as TF Serving
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ServingError(400, f"JSON Parse error: {exc}") from exc
-        # A {"b64": ...} value needs the key spelled out (or escaped) in the raw text.
-        return parsed, b'"b64"' in body or b"\\u" in body
 
     async def predict(request: Request) -> JSONResponse:
         store = store_for(request)
         loaded = store.get(**selector(request))
-        body, has_b64 = await read_json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise ServingError(400, "the request body must be a JSON object")
         signature = body.get("signature_name", SIGNATURE_PIXELS)
@@ -156,7 +223,7 @@ def create_app(stores: dict[str, ModelStore],
             raise ServingError(400, f'Serving signature name: "{signature}" not found in '
                                f"signature def (has: {', '.join(sorted(loaded.signatures))})")
         _, spec = loaded.signatures[signature].structured_input_signature
-        inputs, row = parse_predict_body(body, list(spec), has_b64)
+        inputs, row = parse_predict_body(body, list(spec))
         outputs = await run_in_threadpool(loaded.predict, signature, inputs)
         return JSONResponse(format_predict_response(outputs, row))
 

@@ -171,3 +171,58 @@ def test_unknown_model_and_route(server):
     assert r.json() == {"error": "Malformed request: POST /v1/models/fer:classify"}
     r = requests.get(url(server, "/versions/9"), timeout=10)
     assert r.status_code == 404 and "version 9" in r.json()["error"]
+
+
+# Numeric tensors skip Python lists: simdjson parses them straight into one array. Whatever
+# that path accepts must equal what the standard library path gives, and whatever is not a
+# rectangular all-number array must fall back to it.
+FAST = [[[1, 2], [3, 4]], [[1e5, -2.5e-3], [3, 4]], [[[0]], [[255]]], [[]], list(range(7))]
+SLOW = [[[1, 2], [3]], [[[1], [2, 3]], [[4]]], [[1, 2], 3], [[], [1]], [[1], []],
+        [[[1], [2]], [[3], [4, 5]]], [[1, True]], [[1, None]], ["a"], [{"b64": "aGk="}]]
+
+
+@pytest.mark.parametrize("value", FAST, ids=[json.dumps(v)[:30] for v in FAST])
+def test_rectangular_numbers_parse_into_one_array(value):
+    from serving.rest import parse_json
+
+    parsed = parse_json(json.dumps({"instances": value, "signature_name": "s"}).encode())
+    assert isinstance(parsed["instances"], np.ndarray)
+    np.testing.assert_array_equal(parsed["instances"], np.asarray(value, dtype=np.float64))
+    assert parsed["signature_name"] == "s"
+
+
+@pytest.mark.parametrize("value", SLOW, ids=[json.dumps(v)[:30] for v in SLOW])
+def test_anything_else_takes_the_standard_path(value):
+    from serving.rest import parse_json
+
+    body = json.dumps({"inputs": value, "meta": {"k": [1]}}).encode()
+    assert parse_json(body) == json.loads(body)
+
+
+def test_non_standard_json_numbers_behave_as_before():
+    from serving.rest import parse_json
+
+    body = b'{"instances": [NaN, 1e400]}'  # simdjson refuses these; json accepts them
+    parsed = parse_json(body)
+    assert np.isnan(parsed["instances"][0]) and parsed["instances"][1] == float("inf")
+
+
+def test_batch_through_the_array_path_matches_in_process(server, reference):
+    faces, probs = reference
+    for body in ({"instances": faces[..., None].tolist()},
+                 {"inputs": (faces[..., None] / 1.0).tolist()}):
+        r = post(server, ":predict", body)
+        assert r.status_code == 200, r.text
+        reply = r.json()
+        got = ([p["probabilities"] for p in reply["predictions"]] if "predictions" in reply
+               else reply["outputs"]["probabilities"])
+        np.testing.assert_allclose(got, probs, atol=1e-5)
+
+
+def test_integer_inputs_refuse_fractions_from_the_array_path():
+    from serving.model_store import ServingError, _to_tensor
+
+    spec = tf.TensorSpec([None], tf.int32)
+    assert _to_tensor("n", np.array([1.0, 2.0]), spec).numpy().tolist() == [1, 2]
+    with pytest.raises(ServingError, match="cannot convert to int32"):
+        _to_tensor("n", np.array([1.5]), spec)
