@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A local kind cluster with Kubeflow Pipelines (standalone) and TensorFlow Serving for "fer":
-# builds fer-train:local and fer-serve:local, loads them into the node, installs KFP, deploys
-# infra/serving/overlays/local and copies the newest local model version into its PVC.
-# Re-running it reuses the cluster. Run from anywhere:  bash infra/kind/up.sh
+# builds fer-train:local and fer-serve:local, creates the cluster and the node directories of
+# its volumes, loads the images into the node, installs KFP, creates the pipeline's volumes
+# (infra/storage/local), deploys infra/serving/overlays/local and copies the newest local model
+# version into the models volume. Re-running it reuses the cluster. Run from anywhere:
+#   bash infra/kind/up.sh
 #
 # Environment (defaults):
 #   CLUSTER_NAME=fer            kind cluster (kubectl context kind-$CLUSTER_NAME)
@@ -18,6 +20,7 @@ source infra/lib.sh
 : "${CLUSTER_NAME:=fer}"
 : "${KIND_NODE_IMAGE:=kindest/node:v1.32.8@sha256:abd489f042d2b644e2d033f5c2d900bc707798d075e8186cb65e3f1367a9d5a1}"
 export KUBE_CONTEXT="kind-$CLUSTER_NAME"  # also for infra/copy-model.sh
+NODE="$CLUSTER_NAME-control-plane"  # the node's container
 
 need docker kind kubectl git
 docker info >/dev/null 2>&1 || die "cannot reach the Docker daemon (is Docker running?)"
@@ -33,11 +36,14 @@ else
   kind create cluster --name "$CLUSTER_NAME" --image "$KIND_NODE_IMAGE" \
     --config infra/kind/cluster.yaml --wait 180s
 fi
+# The node is a container: docker exec runs as root on it.
+make_node_dirs docker exec "$NODE"
 
 log "Loading $TRAIN_IMAGE and $SERVE_IMAGE into the node"
 kind load docker-image --name "$CLUSTER_NAME" "$TRAIN_IMAGE" "$SERVE_IMAGE"
 
 install_kfp
+deploy_pipeline_storage
 deploy_serving
 # kind maps localhost:8501/8500 to the Service's NodePorts (infra/kind/cluster.yaml).
 print_access "http://localhost:8501" "localhost:8500"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Delete the minikube profile made by infra/minikube/up.sh (with KFP, TF Serving and the model
-# PVC). The images stay in the local Docker. Environment: CLUSTER_NAME=fer.
+# Delete the minikube profile made by infra/minikube/up.sh, with KFP, TF Serving and the
+# volumes' files (the data and model versions under /data/fer on the node). The images stay in
+# the local Docker. Environment: CLUSTER_NAME=fer.
 set -euo pipefail
 
 : "${CLUSTER_NAME:=fer}"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A local minikube cluster with Kubeflow Pipelines (standalone) and TensorFlow Serving for "fer":
-# builds fer-train:local and fer-serve:local, loads them into the node, installs KFP, deploys
-# infra/serving/overlays/local and copies the newest local model version into its PVC.
-# Re-running it reuses the cluster. Run from anywhere:  bash infra/minikube/up.sh
+# builds fer-train:local and fer-serve:local, starts the cluster and creates the node
+# directories of its volumes, loads the images into the node, installs KFP, creates the
+# pipeline's volumes (infra/storage/local), deploys infra/serving/overlays/local and copies the
+# newest local model version into the models volume. Re-running it reuses the cluster. Run from
+# anywhere:  bash infra/minikube/up.sh
 #
 # Environment (defaults):
 #   CLUSTER_NAME=fer              minikube profile (and kubectl context)
@@ -36,6 +38,7 @@ else
   minikube start -p "$CLUSTER_NAME" --kubernetes-version="$KUBERNETES_VERSION" \
     --driver="$MINIKUBE_DRIVER" --cpus="$MINIKUBE_CPUS" --memory="$MINIKUBE_MEMORY"
 fi
+make_node_dirs minikube -p "$CLUSTER_NAME" ssh -- sudo
 # CPU metrics for the TF Serving HorizontalPodAutoscaler.
 minikube -p "$CLUSTER_NAME" addons enable metrics-server
 
@@ -44,6 +47,7 @@ minikube -p "$CLUSTER_NAME" image load "$TRAIN_IMAGE"
 minikube -p "$CLUSTER_NAME" image load "$SERVE_IMAGE"
 
 install_kfp
+deploy_pipeline_storage
 deploy_serving
 # The node's NodePorts are not on localhost with every driver: port-forward instead.
 print_access "http://localhost:8501" "localhost:8500" \
