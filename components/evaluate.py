@@ -24,6 +24,7 @@ from sklearn.metrics import (
 from components.dataset import TEST, VAL, DataError, FaceDataset, write_json
 from components.labels import CLASS_NAMES, NUM_CLASSES
 from components.train.train import MODEL_FILE, predict_proba
+from components.train.tta import TTA_MODES, with_tta
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -109,21 +110,32 @@ def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
 
 def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
              f1_threshold: float, min_improvement: float,
-             champion: dict[str, Any] | None = None) -> dict[str, Any]:
+             champion: dict[str, Any] | None = None, tta: str = "none",
+             baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the model on test (val when there is no test) and decide the gate.
+
+    ``tta``: test-time augmentation (``"none"``, ``"flip"``, ``"crops"``; see
+    :mod:`components.train.tta`). ``baseline``: a classic reference model's metrics on the
+    same split (:func:`components.baseline.classic_baseline`), recorded and printed beside
+    the model's; it does not enter the gate.
 
     Writes ``metrics.json`` (metrics + decision) and ``confusion_matrix.png``; returns the
     metrics with the decision under ``"gate"``.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     data = FaceDataset.load(dataset_dir)
     split = TEST if (data.splits == TEST).any() else VAL
     held_out = data.split(split)
     if len(held_out) == 0:
         raise DataError(f"{dataset_dir}: no test or val items to evaluate on")
-    model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
+    model = with_tta(keras.models.load_model(Path(model_dir) / MODEL_FILE), tta)
     y_pred = predict_proba(model, held_out.images).argmax(axis=1)
     metrics = classification_metrics(held_out.labels, y_pred)
     metrics["split"] = split
+    metrics["tta"] = tta
+    if baseline is not None:
+        metrics["baseline"] = baseline
     decision = gate(metrics["macro_f1"], f1_threshold, champion, min_improvement)
     metrics["gate"] = asdict(decision)
     output_dir = Path(output_dir)
@@ -136,7 +148,9 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
 
 
 def format_evaluation(metrics: dict[str, Any]) -> str:
-    lines = [f"evaluation on {metrics['split']} ({metrics['items']:,} faces): accuracy "
+    tta = metrics.get("tta", "none")
+    lines = [f"evaluation on {metrics['split']} ({metrics['items']:,} faces"
+             f"{'' if tta == 'none' else f', TTA {tta}'}): accuracy "
              f"{metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, weighted F1 "
              f"{metrics['weighted_f1']:.4f}",
              f"{'class':<9} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
@@ -147,6 +161,12 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
         lines.append("most confused: " + "; ".join(
             f"{c['true']} -> {c['predicted']} {c['count']} ({c['share_of_true']:.0%})"
             for c in metrics["most_confused"][:3]))
+    base = metrics.get("baseline")
+    if base:
+        lines.append(f"classic baseline ({base.get('name', 'reference')}): accuracy "
+                     f"{base['accuracy']:.4f}, macro F1 {base['macro_f1']:.4f}; the model "
+                     f"{metrics['accuracy'] - base['accuracy']:+.4f} accuracy, "
+                     f"{metrics['macro_f1'] - base['macro_f1']:+.4f} macro F1")
     gate_ = metrics["gate"]
     lines.append(f"gate: {'PASSED' if gate_['passed'] else 'BLOCKED'}: {gate_['reason']}")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from PIL import Image
 from components.dataset import IMAGE_SIZE, TEST, VAL, FaceDataset, write_json
 from components.labels import CLASS_NAMES, NUM_CLASSES
 from components.train.train import MODEL_FILE, to_model_input
+from components.train.tta import TTA_MODES, with_tta
 from serving.contract import (
     ASSETS_EXTRA,
     IMAGES_INPUT,
@@ -190,16 +191,21 @@ def sample_faces(dataset_dir: str | Path, model: keras.Model, n: int = 64,
 
 def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
            metrics: dict[str, Any] | None = None,
-           endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints) -> dict[str, Any]:
+           endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints,
+           tta: str = "none") -> dict[str, Any]:
     """Export the Keras model in ``model_dir`` as a verified SavedModel at ``output_dir``.
 
-    The SavedModel is written beside ``output_dir``, verified, then renamed into place; on
-    any mismatch it is deleted and :class:`ExportError` raised.
+    ``tta``: serve the model with test-time augmentation (``"none"``, ``"flip"``,
+    ``"crops"``; :func:`components.train.tta.with_tta`); the self-check then compares
+    against the TTA model. The SavedModel is written beside ``output_dir``, verified, then
+    renamed into place; on any mismatch it is deleted and :class:`ExportError` raised.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ExportError(f"{output_dir} already exists and is not empty")
-    model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
+    model = with_tta(keras.models.load_model(Path(model_dir) / MODEL_FILE), tta)
     faces = sample_faces(dataset_dir, model)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -209,7 +215,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         extra.mkdir()
         (extra / LABELS_FILE).write_text("\n".join(CLASS_NAMES) + "\n")
         training = Path(model_dir) / "summary.json"  # the training run's own metrics
-        record = dict(metrics or {})
+        record = {**(metrics or {}), "tta": tta}
         if training.is_file():
             record["training"] = json.loads(training.read_text())
         write_json(extra / METRICS_FILE, record)
@@ -221,4 +227,4 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {"path": str(output_dir), "signatures": list(CONTRACT), "verified_on": len(faces),
-            "max_probability_difference": diffs}
+            "max_probability_difference": diffs, "tta": tta}

@@ -1,0 +1,95 @@
+"""Test-time augmentation: a trained model wrapped to average its softmax over several views.
+
+The TTA model keeps the serving contract (``pixels`` float32 [N,48,48,1], 0-255 ->
+probabilities [N,7]) and can be exported or evaluated like the plain one. Modes:
+
+* ``flip``: the face and its horizontal mirror (2 views);
+* ``crops``: the face, its four corner crops and its centre crop (``crop_size`` square,
+  resized back bilinearly), each also mirrored (12 views).
+
+All views go through the model as one batch of ``views * N``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+TTA_MODES = ("none", "flip", "crops")
+CROP_SIZE = 44
+
+
+def crop_offsets(height: int, width: int, crop_size: int) -> list[tuple[int, int]]:
+    """Top-left corners of the four corner crops and the centre crop."""
+    dy, dx = height - crop_size, width - crop_size
+    return [(0, 0), (0, dx), (dy, 0), (dy, dx), (dy // 2, dx // 2)]
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class TTAViews(layers.Layer):
+    """[N,H,W,C] -> [V*N,H,W,C]: the views of every image, view-major."""
+
+    def __init__(self, mode: str = "flip", crop_size: int = CROP_SIZE, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in TTA_MODES[1:]:
+            raise ValueError(f"TTA mode must be one of {TTA_MODES[1:]}, got {mode!r}")
+        self.mode, self.crop_size = mode, int(crop_size)
+
+    def num_views(self) -> int:
+        return 2 if self.mode == "flip" else 12
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        views = [inputs]
+        if self.mode == "crops":
+            s = self.crop_size
+            for y, x in crop_offsets(height, width, s):
+                crop = inputs[:, y:y + s, x:x + s, :]
+                views.append(ops.image.resize(crop, (height, width), interpolation="bilinear"))
+        views += [ops.flip(v, axis=2) for v in views]
+        return ops.concatenate(views, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode, "crop_size": self.crop_size}
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class ViewMean(layers.Layer):
+    """[V*N,K] -> [N,K]: the mean over the V views of each image."""
+
+    def __init__(self, num_views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_views = int(num_views)
+
+    def call(self, inputs):
+        return ops.mean(ops.reshape(inputs, (self.num_views, -1, inputs.shape[-1])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_views": self.num_views}
+
+
+def with_tta(model: keras.Model, mode: str = "flip", crop_size: int = CROP_SIZE) -> keras.Model:
+    """``model`` wrapped to average its softmax over the ``mode`` views (``"none"``: ``model``).
+
+    ``crop_size``: side of the ``crops`` mode's crops, smaller than the input.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+    if mode == "none":
+        return model
+    height, width = model.input_shape[1:3]
+    if mode == "crops" and not 0 < crop_size < min(height, width):
+        raise ValueError(f"crop_size must be in (0, {min(height, width)}), got {crop_size}")
+    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    views = TTAViews(mode, crop_size, name="tta_views")
+    probabilities = model(views(inputs))
+    outputs = ViewMean(views.num_views(), name="tta_mean", dtype="float32")(probabilities)
+    return keras.Model(inputs, outputs, name=f"{model.name}_tta_{mode}")
