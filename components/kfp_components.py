@@ -77,7 +77,8 @@ def data_report_op(dataset: Input[Dataset], weights: Input[Artifact], report: Ou
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: str, epochs: int,
              batch_size: int, learning_rate: float, seed: int, checkpoint_root: str,
-             model: Output[Model], curves: Output[HTML]):
+             optimizer: str, schedule: str, warmup_epochs: int, label_smoothing: float,
+             class_balance: str, augmentation: str, model: Output[Model], curves: Output[HTML]):
     """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable."""
     from pathlib import Path
 
@@ -86,7 +87,10 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
 
     checkpoint = f"{checkpoint_root}/{architecture}-seed{seed}" if checkpoint_root else None
     config = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, seed=seed, checkpoint_dir=checkpoint)
+                         learning_rate=learning_rate, seed=seed, checkpoint_dir=checkpoint,
+                         optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
+                         label_smoothing=label_smoothing, class_balance=class_balance,
+                         augmentation=augmentation)
     summary = train(dataset.path, weights.path, model.path, config)
     model.metadata.update({k: v for k, v in summary.items() if k != "config"})
     Path(curves.path).write_text(html_page(f"Training curves: {architecture}",
@@ -108,7 +112,8 @@ def select_best_op(models: Input[List[Model]], best: Output[Model]) -> str:
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str, model_name: str,
-                f1_threshold: float, min_improvement: float, evaluation: Output[Artifact],
+                f1_threshold: float, min_improvement: float, tta: str,
+                evaluation: Output[Artifact],
                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                 report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
     """Held-out metrics and the gate against the deployed champion."""
@@ -123,7 +128,7 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
 
     champion = find_champion(serving_base, model_name)
     result = evaluate(model.path, dataset.path, evaluation.path, f1_threshold, min_improvement,
-                      champion)
+                      champion, tta=tta)
     for key in ("accuracy", "macro_f1", "weighted_f1"):
         metrics.log_metric(key, result[key])
     for name, m in result["per_class"].items():
@@ -139,7 +144,7 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def export_op(model: Input[Model], dataset: Input[Dataset], evaluation: Input[Artifact],
-              saved_model: Output[Model]):
+              tta: str, saved_model: Output[Model]):
     """A SavedModel for TF Serving, verified against the Keras model before it is emitted."""
     import json
     from pathlib import Path
@@ -147,7 +152,7 @@ def export_op(model: Input[Model], dataset: Input[Dataset], evaluation: Input[Ar
     from components.export import export
 
     metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
-    result = export(model.path, dataset.path, saved_model.path, metrics)
+    result = export(model.path, dataset.path, saved_model.path, metrics, tta=tta)
     saved_model.metadata.update(result)
 
 

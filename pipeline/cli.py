@@ -73,6 +73,9 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         f1_threshold=args.f1_threshold, min_improvement=args.min_improvement, seed=args.seed,
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
+        optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, class_balance=args.class_balance,
+        augmentation=args.augmentation, tta=args.tta,
     )
 
 
@@ -146,6 +149,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | None) -> None:
+    from components.train.augment import AUGMENTATION_PRESETS
+    from components.train.train import CLASS_BALANCE, OPTIMIZERS, SCHEDULES
+    from components.train.tta import TTA_MODES
     from pipeline.profiles import PROFILES
 
     p.add_argument("--profile", choices=list(PROFILES), default="smoke",
@@ -166,6 +172,16 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--max-train-per-class", type=int, metavar="N")
     p.add_argument("--checkpoint-root", default=None,
                    help="keep per-epoch checkpoints here so a killed run resumes")
+    recipe = p.add_argument_group("training recipe (defaults: the profile's)")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS)
+    recipe.add_argument("--schedule", choices=SCHEDULES)
+    recipe.add_argument("--warmup-epochs", type=int, help="cosine schedule only")
+    recipe.add_argument("--label-smoothing", type=float)
+    recipe.add_argument("--class-balance", choices=CLASS_BALANCE,
+                        help="class weights, balanced sampling, or neither")
+    recipe.add_argument("--augmentation", choices=sorted(AUGMENTATION_PRESETS))
+    recipe.add_argument("--tta", choices=TTA_MODES,
+                        help="test-time augmentation at evaluation and in the served model")
 
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:

@@ -108,6 +108,13 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         max_train_per_class: int = 0,
         class_weight_mode: str = "balanced",
         checkpoint_root: str = "",
+        optimizer: str = "adam",
+        schedule: str = "plateau",
+        warmup_epochs: int = 0,
+        label_smoothing: float = 0.0,
+        class_balance: str = "weights",
+        augmentation: str = "none",
+        tta: str = "none",
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
         ingest = on_image(ingest_op(source=source, data_format=data_format))
         ingest.set_retry(IO_RETRIES, **IO_BACKOFF)
@@ -124,19 +131,23 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
             trained = resources.apply(on_image(train_op(
                 dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
                 architecture=architecture, epochs=epochs, batch_size=batch_size,
-                learning_rate=learning_rate, seed=seed, checkpoint_root=checkpoint_root)))
+                learning_rate=learning_rate, seed=seed, checkpoint_root=checkpoint_root,
+                optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
+                label_smoothing=label_smoothing, class_balance=class_balance,
+                augmentation=augmentation)))
         best = on_image(select_best_op(models=dsl.Collected(trained.outputs["model"])))
 
         # Never cached: the champion may change between identical runs.
         evaluation = on_image(evaluate_op(
             model=best.outputs["best"], dataset=prep.outputs["splits"],
             serving_base=serving_base, model_name=model_name, f1_threshold=f1_threshold,
-            min_improvement=min_improvement), cache=False)
+            min_improvement=min_improvement, tta=tta), cache=False)
 
         with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712 (KFP condition syntax)
             exported = on_image(export_op(model=best.outputs["best"],
                                           dataset=prep.outputs["splits"],
-                                          evaluation=evaluation.outputs["evaluation"]))
+                                          evaluation=evaluation.outputs["evaluation"],
+                                          tta=tta))
             deployed = on_image(deploy_op(saved_model=exported.outputs["saved_model"],
                                           serving_base=serving_base, model_name=model_name),
                                 cache=False)

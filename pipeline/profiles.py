@@ -15,14 +15,41 @@ PROFILES: dict[str, dict[str, Any]] = {
         "f1_threshold": 0.05,
         "min_improvement": 0.01,
     },
-    # All of the data, trained until early stopping.
-    "full": {
-        "architectures": ["baseline_cnn"],
-        "epochs": 30,
+    # The best result for about 90 minutes of training on a 2-core CPU: a mid-sized plain
+    # CNN (~240 images/s here), light augmentation, cosine decay with warm-up, label
+    # smoothing, class weights for macro F1, and flip averaging at test and serving time.
+    "cpu": {
+        "architectures": ["configurable_cnn"],
+        "epochs": 36,
         "max_train_per_class": 0,
         "batch_size": 64,
-        "learning_rate": 1e-3,
+        "learning_rate": 2e-3,
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "warmup_epochs": 2,
+        "label_smoothing": 0.1,
+        "class_balance": "weights",
+        "augmentation": "light",
+        "tta": "flip",
         "f1_threshold": 0.5,
+        "min_improvement": 0.01,
+    },
+    # The recipe at full length, for a GPU cluster: several architectures compete, SGD with
+    # Nesterov momentum and cosine decay, the standard augmentation, ten-crop-style TTA.
+    "full": {
+        "architectures": ["vgg19", "resnet_small", "deep_cnn"],
+        "epochs": 150,
+        "max_train_per_class": 0,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "optimizer": "sgd",
+        "schedule": "cosine",
+        "warmup_epochs": 5,
+        "label_smoothing": 0.1,
+        "class_balance": "weights",
+        "augmentation": "standard",
+        "tta": "crops",
+        "f1_threshold": 0.6,
         "min_improvement": 0.01,
     },
 }

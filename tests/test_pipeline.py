@@ -39,6 +39,35 @@ def test_compile_writes_ir_yaml_that_loads_back(tmp_path, capsys):
             "model_name", "seed"} <= set(loaded.component_spec.inputs)
 
 
+def test_recipe_flags_become_pipeline_parameters(tmp_path):
+    out = tmp_path / "cpu.yaml"
+    assert main(["compile", "-o", str(out), "--profile", "cpu", "--optimizer", "sgd",
+                 "--label-smoothing", "0.2", "--tta", "crops"]) == 0
+    defaults = {k: v.get("defaultValue") for k, v in
+                yaml.safe_load(out.read_text())["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults["architectures"] == PROFILES["cpu"]["architectures"]
+    assert (defaults["optimizer"], defaults["label_smoothing"], defaults["tta"]) == ("sgd", 0.2,
+                                                                                    "crops")
+    assert defaults["schedule"] == "cosine" and defaults["augmentation"] == "light"
+    # The train, evaluate and export tasks take them.
+    text = out.read_text()
+    for name in ("optimizer", "schedule", "warmup_epochs", "label_smoothing", "class_balance",
+                 "augmentation", "tta"):
+        assert f"pipelinechannel--{name}" in text, name
+
+
+def test_every_profile_names_known_settings():
+    from components.train import TrainConfig
+    from components.train.models import MODEL_BUILDERS
+
+    for name, params in PROFILES.items():
+        assert set(params["architectures"]) <= set(MODEL_BUILDERS), name
+        recipe = {k: params[k] for k in ("optimizer", "schedule", "warmup_epochs",
+                                          "label_smoothing", "class_balance", "augmentation")
+                  if k in params}
+        TrainConfig(epochs=params["epochs"], **recipe)  # raises on a bad setting
+
+
 def test_profiles_and_overrides():
     params = profile_parameters("smoke", epochs=3, f1_threshold=None)
     assert params["epochs"] == 3 and params["f1_threshold"] == PROFILES["smoke"]["f1_threshold"]
