@@ -112,7 +112,7 @@ def select_best_op(models: Input[List[Model]], best: Output[Model]) -> str:
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str, model_name: str,
-                f1_threshold: float, min_improvement: float, tta: str,
+                f1_threshold: float, min_improvement: float, tta: str, classic_baseline: bool,
                 evaluation: Output[Artifact],
                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                 report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
@@ -121,14 +121,16 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
     from collections import namedtuple
     from pathlib import Path
 
+    from components.baseline import classic_baseline as fit_classic_baseline
     from components.deploy import find_champion
     from components.evaluate import CONFUSION_PNG, evaluate, format_evaluation
     from components.labels import CLASS_NAMES
     from components.report import html_page
 
     champion = find_champion(serving_base, model_name)
+    baseline = fit_classic_baseline(dataset.path) if classic_baseline else None
     result = evaluate(model.path, dataset.path, evaluation.path, f1_threshold, min_improvement,
-                      champion, tta=tta)
+                      champion, tta=tta, baseline=baseline)
     for key in ("accuracy", "macro_f1", "weighted_f1"):
         metrics.log_metric(key, result[key])
     for name, m in result["per_class"].items():

@@ -75,7 +75,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
         optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing, class_balance=args.class_balance,
-        augmentation=args.augmentation, tta=args.tta,
+        augmentation=args.augmentation, tta=args.tta, classic_baseline=args.classic_baseline,
     )
 
 
@@ -182,6 +182,8 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     recipe.add_argument("--augmentation", choices=sorted(AUGMENTATION_PRESETS))
     recipe.add_argument("--tta", choices=TTA_MODES,
                         help="test-time augmentation at evaluation and in the served model")
+    recipe.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
+                        help="also fit HOG + linear SVM and report it beside the model")
 
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:

@@ -115,6 +115,7 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         class_balance: str = "weights",
         augmentation: str = "none",
         tta: str = "none",
+        classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
         ingest = on_image(ingest_op(source=source, data_format=data_format))
         ingest.set_retry(IO_RETRIES, **IO_BACKOFF)
@@ -141,7 +142,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         evaluation = on_image(evaluate_op(
             model=best.outputs["best"], dataset=prep.outputs["splits"],
             serving_base=serving_base, model_name=model_name, f1_threshold=f1_threshold,
-            min_improvement=min_improvement, tta=tta), cache=False)
+            min_improvement=min_improvement, tta=tta, classic_baseline=classic_baseline),
+        cache=False)
 
         with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712 (KFP condition syntax)
             exported = on_image(export_op(model=best.outputs["best"],

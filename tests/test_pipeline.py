@@ -49,11 +49,15 @@ def test_recipe_flags_become_pipeline_parameters(tmp_path):
     assert (defaults["optimizer"], defaults["label_smoothing"], defaults["tta"]) == ("sgd", 0.2,
                                                                                     "crops")
     assert defaults["schedule"] == "cosine" and defaults["augmentation"] == "light"
-    # The train, evaluate and export tasks take them.
+    assert defaults["classic_baseline"] is True
+    # The train (inside the loop), export (inside the condition) and evaluate tasks take them.
     text = out.read_text()
     for name in ("optimizer", "schedule", "warmup_epochs", "label_smoothing", "class_balance",
                  "augmentation", "tta"):
         assert f"pipelinechannel--{name}" in text, name
+    evaluate = yaml.safe_load(text)["root"]["dag"]["tasks"]["evaluate-op"]["inputs"]["parameters"]
+    assert evaluate["classic_baseline"] == {"componentInputParameter": "classic_baseline"}
+    assert evaluate["tta"] == {"componentInputParameter": "tta"}
 
 
 def test_every_profile_names_known_settings():
