@@ -11,7 +11,10 @@ from typing import Any
 
 from kfp import local
 
-from pipeline.pipeline import fer_pipeline
+from pipeline.pipeline import build_pipeline
+
+# kfp.local honours retry policies: locally a failed step should fail at once.
+LOCAL_PIPELINE = build_pipeline(io_retries=0)
 
 
 class PipelineRunError(Exception):
@@ -38,7 +41,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, An
         # The tasks run in this environment, where the project is installed, not in the image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            task = fer_pipeline(**params)
+            task = LOCAL_PIPELINE(**params)
         except RuntimeError as exc:  # kfp.local: "Inner task failed: <task>"
             plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # drop kfp.local's colours
             raise PipelineRunError(f"{plain} Its log above says why.") from exc

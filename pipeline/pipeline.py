@@ -73,10 +73,12 @@ def parse_volume(spec: str) -> tuple[str, str]:
 
 def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainResources(),
                    volumes: tuple[tuple[str, str], ...] = (),
-                   enable_caching: bool = True) -> graph_component.GraphComponent:
+                   enable_caching: bool = True,
+                   io_retries: int = IO_RETRIES) -> graph_component.GraphComponent:
     """The pipeline with every task on ``image`` and with the PVCs ``volumes`` (claim, mount
     path) mounted, each train task asking for ``resources``; ``enable_caching=False`` turns
-    KFP's cache off for every task."""
+    KFP's cache off for every task; ``io_retries=0`` fails the I/O steps at once (local
+    runs, where a missing source is no passing outage)."""
     if not image or any(c.isspace() for c in image):
         raise ValueError(f"image must be a container image reference, got {image!r}")
     paths = [path for _, path in volumes]
@@ -118,7 +120,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
         ingest = on_image(ingest_op(source=source, data_format=data_format))
-        ingest.set_retry(IO_RETRIES, **IO_BACKOFF)
+        if io_retries:
+            ingest.set_retry(io_retries, **IO_BACKOFF)
         prep = on_image(preprocess_op(dataset=ingest.outputs["dataset"],
                                       val_fraction=val_fraction, test_fraction=test_fraction,
                                       seed=seed, drop_duplicates=drop_duplicates,
@@ -153,7 +156,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
             deployed = on_image(deploy_op(saved_model=exported.outputs["saved_model"],
                                           serving_base=serving_base, model_name=model_name),
                                 cache=False)
-            deployed.set_retry(IO_RETRIES, **IO_BACKOFF)
+            if io_retries:
+                deployed.set_retry(io_retries, **IO_BACKOFF)
         with dsl.Else():
             skipped = on_image(skip_deploy_op(decision=evaluation.outputs["decision"]))
 

@@ -16,23 +16,22 @@ PROFILES: dict[str, dict[str, Any]] = {
         "min_improvement": 0.01,
     },
     # The best result for about 90 minutes of training on a 2-core CPU: a mid-sized plain
-    # CNN (~240 images/s here), light augmentation, cosine decay with warm-up, label
-    # smoothing, class weights for macro F1, and flip averaging at test and serving time.
+    # CNN (~2.5 min an epoch here), light augmentation, Adam with plateau halving, and flip
+    # averaging at test and serving time. No class weights: in a budget this short, FER2013's
+    # (disgust x9.4) make the net collapse onto the rare class in its first epochs.
     "cpu": {
         "architectures": ["configurable_cnn"],
-        "epochs": 36,
+        "epochs": 34,
         "max_train_per_class": 0,
         "batch_size": 64,
-        "learning_rate": 2e-3,
-        "optimizer": "adamw",
-        "schedule": "cosine",
-        "warmup_epochs": 2,
-        "label_smoothing": 0.1,
-        "class_balance": "weights",
+        "learning_rate": 1e-3,
+        "optimizer": "adam",
+        "schedule": "plateau",
+        "class_balance": "none",
         "augmentation": "light",
         "tta": "flip",
         "classic_baseline": True,
-        "f1_threshold": 0.5,
+        "f1_threshold": 0.45,
         "min_improvement": 0.01,
     },
     # The recipe at full length, for a GPU cluster: several architectures compete, SGD with

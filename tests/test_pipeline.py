@@ -48,7 +48,7 @@ def test_recipe_flags_become_pipeline_parameters(tmp_path):
     assert defaults["architectures"] == PROFILES["cpu"]["architectures"]
     assert (defaults["optimizer"], defaults["label_smoothing"], defaults["tta"]) == ("sgd", 0.2,
                                                                                     "crops")
-    assert defaults["schedule"] == "cosine" and defaults["augmentation"] == "light"
+    assert defaults["schedule"] == "plateau" and defaults["augmentation"] == "light"
     assert defaults["classic_baseline"] is True
     # The train (inside the loop), export (inside the condition) and evaluate tasks take them.
     text = out.read_text()
