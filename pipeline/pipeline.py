@@ -7,9 +7,8 @@ Run settings are the pipeline's typed parameters. What a cluster needs to schedu
 tasks is fixed when the pipeline is compiled: the container image every task runs on, the
 train task's resources (a GPU by default), the PersistentVolumeClaims mounted into every
 task (how a local cluster without GCS gets its data in and its models out), and whether
-tasks may be served from KFP's execution cache (on by default).
-``build_pipeline(image, resources, volumes, enable_caching)`` makes that pipeline;
-``fer_pipeline`` is the default one. (KFP 2.17 cannot take resources from
+tasks may be served from KFP's execution cache (on by default). ``build_pipeline(...)``
+makes that pipeline; ``fer_pipeline`` is the default one. (KFP 2.17 cannot take resources from
 pipeline parameters inside a ``ParallelFor``: the loop does not receive those parameters.)
 """
 
@@ -85,7 +84,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
     if len(set(paths)) != len(paths):
         raise ValueError(f"two volumes share a mount path: {paths}")
 
-    def on_image(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
+    def configure(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
+        """Image, volumes and caching: what every task gets."""
         for claim, path in volumes:
             kubernetes.mount_pvc(task, pvc_name=claim, mount_path=path)
         return task.set_container_image(image).set_caching_options(enable_caching and cache)
@@ -119,47 +119,47 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         tta: str = "none",
         classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
-        ingest = on_image(ingest_op(source=source, data_format=data_format))
+        ingest = configure(ingest_op(source=source, data_format=data_format))
         if io_retries:
             ingest.set_retry(io_retries, **IO_BACKOFF)
-        prep = on_image(preprocess_op(dataset=ingest.outputs["dataset"],
+        prep = configure(preprocess_op(dataset=ingest.outputs["dataset"],
                                       val_fraction=val_fraction, test_fraction=test_fraction,
                                       seed=seed, drop_duplicates=drop_duplicates,
                                       max_train_per_class=max_train_per_class))
-        weights = on_image(class_weights_op(dataset=prep.outputs["splits"],
+        weights = configure(class_weights_op(dataset=prep.outputs["splits"],
                                             mode=class_weight_mode))
-        on_image(data_report_op(dataset=prep.outputs["splits"],
+        configure(data_report_op(dataset=prep.outputs["splits"],
                                 weights=weights.outputs["weights"]))
 
         with dsl.ParallelFor(architectures) as architecture:
-            trained = resources.apply(on_image(train_op(
+            trained = resources.apply(configure(train_op(
                 dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
                 architecture=architecture, epochs=epochs, batch_size=batch_size,
                 learning_rate=learning_rate, seed=seed, checkpoint_root=checkpoint_root,
                 optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 label_smoothing=label_smoothing, class_balance=class_balance,
                 augmentation=augmentation)))
-        best = on_image(select_best_op(models=dsl.Collected(trained.outputs["model"])))
+        best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"])))
 
         # Never cached: the champion may change between identical runs.
-        evaluation = on_image(evaluate_op(
+        evaluation = configure(evaluate_op(
             model=best.outputs["best"], dataset=prep.outputs["splits"],
             serving_base=serving_base, model_name=model_name, f1_threshold=f1_threshold,
             min_improvement=min_improvement, tta=tta, classic_baseline=classic_baseline),
         cache=False)
 
         with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712 (KFP condition syntax)
-            exported = on_image(export_op(model=best.outputs["best"],
+            exported = configure(export_op(model=best.outputs["best"],
                                           dataset=prep.outputs["splits"],
                                           evaluation=evaluation.outputs["evaluation"],
                                           tta=tta))
-            deployed = on_image(deploy_op(saved_model=exported.outputs["saved_model"],
+            deployed = configure(deploy_op(saved_model=exported.outputs["saved_model"],
                                           serving_base=serving_base, model_name=model_name),
                                 cache=False)
             if io_retries:
                 deployed.set_retry(io_retries, **IO_BACKOFF)
         with dsl.Else():
-            skipped = on_image(skip_deploy_op(decision=evaluation.outputs["decision"]))
+            skipped = configure(skip_deploy_op(decision=evaluation.outputs["decision"]))
 
         outputs = NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str)
         return outputs(best.outputs["Output"], evaluation.outputs["decision"],
