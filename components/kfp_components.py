@@ -78,19 +78,22 @@ def data_report_op(dataset: Input[Dataset], weights: Input[Artifact], report: Ou
 def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: str, epochs: int,
              batch_size: int, learning_rate: float, seed: int, checkpoint_root: str,
              optimizer: str, schedule: str, warmup_epochs: int, label_smoothing: float,
-             class_balance: str, augmentation: str, model: Output[Model], curves: Output[HTML]):
+             class_balance: str, augmentation: str, model_options: dict,
+             model: Output[Model], curves: Output[HTML]):
     """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable."""
     from pathlib import Path
 
     from components.report import html_page
-    from components.train import TrainConfig, train
+    from components.train import TrainConfig, checkpoint_dir, train
 
-    checkpoint = f"{checkpoint_root}/{architecture}-seed{seed}" if checkpoint_root else None
+    kwargs = model_options.get(architecture, {})
     config = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, seed=seed, checkpoint_dir=checkpoint,
+                         learning_rate=learning_rate, seed=seed,
+                         checkpoint_dir=checkpoint_dir(checkpoint_root, architecture, seed,
+                                                       kwargs),
                          optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                          label_smoothing=label_smoothing, class_balance=class_balance,
-                         augmentation=augmentation)
+                         augmentation=augmentation, model_kwargs=kwargs)
     summary = train(dataset.path, weights.path, model.path, config)
     model.metadata.update({k: v for k, v in summary.items() if k != "config"})
     Path(curves.path).write_text(html_page(f"Training curves: {architecture}",

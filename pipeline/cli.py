@@ -24,6 +24,7 @@ from components.ingest.ingest import FORMATS, MANIFEST_FILE
 from components.preprocess import preprocess
 from components.report import data_report, format_summary
 from pipeline.local_run import PipelineRunError
+from serving.contract import BUNDLED_MODEL_BASE
 
 
 def run_data_steps(source: str, out: Path, data_format: str = "auto", val_fraction: float = 0.1,
@@ -75,7 +76,8 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
         optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing, class_balance=args.class_balance,
-        augmentation=args.augmentation, tta=args.tta, classic_baseline=args.classic_baseline,
+        augmentation=args.augmentation, model_options=args.model_options, tta=args.tta,
+        classic_baseline=args.classic_baseline,
     )
 
 
@@ -140,12 +142,44 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
-                                 not args.no_detect, args.json, args.annotate, args.timeout)
+                                 not args.no_detect, args.json, args.annotate, args.timeout,
+                                 args.model_dir)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(text)
     return code
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from pipeline.release import ReleaseError, release
+
+    try:
+        notes = args.notes.read_text() if args.notes else ""
+        result = release(args.version_dir, args.dest, notes)
+    except (ReleaseError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"released {args.version_dir} -> {result['path']} ({result['bytes'] / 1e6:.1f} MB; "
+          f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}); "
+          f"model card {result['card']}")
+    return 0
+
+
+def model_options(text: str) -> dict:
+    """``--model-options``: a JSON object mapping architecture names to builder arguments."""
+    from components.train.models import MODEL_BUILDERS
+
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise argparse.ArgumentTypeError('expected {"architecture": {"argument": value}, ...}')
+    unknown = sorted(set(options) - set(MODEL_BUILDERS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown architecture(s) {', '.join(unknown)}")
+    return options
 
 
 def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | None) -> None:
@@ -180,6 +214,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     recipe.add_argument("--class-balance", choices=CLASS_BALANCE,
                         help="class weights, balanced sampling, or neither")
     recipe.add_argument("--augmentation", choices=sorted(AUGMENTATION_PRESETS))
+    recipe.add_argument("--model-options", type=model_options, metavar="JSON",
+                        help='builder arguments per architecture, e.g. '
+                             '\'{"configurable_cnn": {"filters": [64, 128, 256]}}\'')
     recipe.add_argument("--tta", choices=TTA_MODES,
                         help="test-time augmentation at evaluation and in the served model")
     recipe.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
@@ -284,13 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often --wait asks for the run's state (default: 10)")
     subm.set_defaults(func=_cmd_submit)
 
-    pred = sub.add_parser("predict", help="emotions of the faces in photos, from a served model",
+    pred = sub.add_parser("predict", help="emotions of the faces in photos",
                           description="Detect faces (OpenCV Haar cascade), send them in one "
-                          "batched request to TF Serving or fer-serve, and print each face's "
-                          "box, top emotion and all seven probabilities.")
+                          "batched request to TF Serving or fer-serve (--url, --grpc), or run "
+                          "them through a SavedModel in-process (by default the bundled "
+                          "released model), and print each face's box, top emotion and all "
+                          "seven probabilities.")
     pred.add_argument("images", nargs="+", metavar="IMAGE")
-    pred.add_argument("--url", default="http://127.0.0.1:8501", help="REST endpoint")
-    pred.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead")
+    where = pred.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a TF Serving REST endpoint, e.g. http://127.0.0.1:8501")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="a TF Serving gRPC endpoint")
+    where.add_argument("--model-dir", default=str(BUNDLED_MODEL_BASE),
+                       help="with no server: run this SavedModel (a version directory or a "
+                            "model base) in-process (default: the bundled released model)")
     pred.add_argument("--model-name", default="fer")
     pred.add_argument("--no-detect", action="store_true",
                       help="each image is already a face crop")
@@ -298,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
     pred.add_argument("--timeout", type=float, default=30.0)
     pred.set_defaults(func=_cmd_predict)
+
+    rel = sub.add_parser("release", help="make a deployed version the bundled model",
+                         description="Copy a deployed SavedModel version into the package "
+                         "(serving/model/fer/1) and write its model card from the metrics "
+                         "that travel with it.")
+    rel.add_argument("version_dir", help="a version directory the pipeline deployed")
+    rel.add_argument("--notes", type=Path, help="Markdown appended to the model card")
+    rel.add_argument("--dest", default=str(BUNDLED_MODEL_BASE), help="model base to release into")
+    rel.set_defaults(func=_cmd_release)
     return parser
 
 

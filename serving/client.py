@@ -4,14 +4,16 @@
     rest.predict_pixels(faces)            # float [N,48,48,1] or uint8 [N,48,48], 0-255
     rest.predict_images([jpeg_bytes])     # encoded images, any size
     grpc_client = GrpcClient("127.0.0.1:8500", "fer")
+    local = LocalClient("serving/model/fer/1")   # in-process, no server
 
-Both return ``{"probabilities": float32 [N,7], "class_id": int64 [N], "class_name": [N] str}``
-and raise :class:`ClientError` with the server's message on failure.
+All return ``{"probabilities": float32 [N,7], "class_id": int64 [N], "class_name": [N] str}``;
+the remote ones raise :class:`ClientError` with the server's message on failure.
 """
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.contract import IMAGES_INPUT, PIXELS_INPUT, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from serving.model_store import ServingError, load_version
 
 
 class ClientError(Exception):
@@ -144,3 +147,27 @@ class GrpcClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+class LocalClient:
+    """The same calls on a SavedModel version directory loaded in this process."""
+
+    def __init__(self, version_dir: str | Path):
+        path = Path(version_dir)
+        if not (path / "saved_model.pb").is_file():
+            raise ClientError(f"{path} is not a SavedModel version directory "
+                              "(no saved_model.pb)")
+        self.version_dir = path
+        self.model = load_version(str(path), int(path.name) if path.name.isdigit() else 0)
+
+    def _predict(self, signature: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        try:
+            return _result(self.model.predict(signature, inputs))
+        except ServingError as exc:
+            raise ClientError(str(exc), exc.status) from exc
+
+    def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        return self._predict(SIGNATURE_PIXELS, {PIXELS_INPUT: as_pixels(faces)})
+
+    def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        return self._predict(SIGNATURE_IMAGES, {IMAGES_INPUT: list(images)})

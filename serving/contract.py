@@ -9,6 +9,8 @@ both return ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_nam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
 PIXELS_INPUT = "pixels"
@@ -20,3 +22,17 @@ ASSETS_EXTRA = "assets.extra"
 LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
 WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving reads at load
+
+# The released model, shipped in the package: a TF Serving model base (``fer/<version>/``)
+# that ``fer-serve`` serves and ``fer-pipeline predict`` runs when no server is named.
+BUNDLED_MODEL_NAME = "fer"
+BUNDLED_MODEL_BASE = Path(__file__).resolve().parent / "model" / BUNDLED_MODEL_NAME
+
+
+def latest_version(base: str | Path) -> Path:
+    """The highest numbered version directory under a local model base."""
+    base = Path(base)
+    versions = sorted((int(d.name), d) for d in base.glob("*") if d.is_dir() and d.name.isdigit())
+    if not versions:
+        raise FileNotFoundError(f"no numbered model version under {base}")
+    return versions[-1][1]

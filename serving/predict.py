@@ -1,7 +1,9 @@
-"""``fer-pipeline predict``: emotions of the faces in ordinary photos, from a served model.
+"""``fer-pipeline predict``: emotions of the faces in ordinary photos.
 
 Faces are found with OpenCV's bundled Haar cascade, cropped, made 48x48 gray, and sent in
-one batched request (REST or gRPC). ``--no-detect`` treats each image as a face crop.
+one batched request to a served model (REST or gRPC), or, when no server is named, run in
+this process through a SavedModel: ``--model-dir``, by default the released model bundled
+with the package. ``--no-detect`` treats each image as a face crop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import cv2
 import numpy as np
 
 from components.labels import CLASS_NAMES
-from serving.client import GrpcClient, RestClient
+from serving.client import ClientError, GrpcClient, LocalClient, RestClient
+from serving.contract import BUNDLED_MODEL_BASE, latest_version
 
 CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -68,7 +71,7 @@ def crop_face(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.nd
     return cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA)
 
 
-def predict_paths(paths: list[str], client: RestClient | GrpcClient,
+def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClient,
                   detect: bool = True) -> list[ImageResult]:
     """One batched request for every face of every readable image."""
     results, faces, owners = [], [], []
@@ -126,12 +129,31 @@ def format_results(results: list[ImageResult]) -> str:
     return "\n".join(lines)
 
 
+def local_client(model_dir: str | Path = BUNDLED_MODEL_BASE) -> LocalClient:
+    """A SavedModel version directory, or the highest version under a model base."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ClientError(f"model directory {path} does not exist")
+    try:
+        return LocalClient(path if (path / "saved_model.pb").is_file() else latest_version(path))
+    except FileNotFoundError as exc:
+        raise ClientError(str(exc)) from exc
+
+
 def run_predict(paths: list[str], url: str | None, grpc_target: str | None, model_name: str,
                 detect: bool, as_json: bool, annotate_dir: str | None,
-                timeout: float = 30.0) -> tuple[str, int]:
-    """The CLI's work: returns what to print and the exit code (1 if any image failed)."""
-    client = (GrpcClient(grpc_target, model_name, timeout=timeout) if grpc_target
-              else RestClient(url, model_name, timeout=timeout))
+                timeout: float = 30.0,
+                model_dir: str | Path = BUNDLED_MODEL_BASE) -> tuple[str, int]:
+    """The CLI's work: returns what to print and the exit code (1 if any image failed).
+
+    ``grpc_target`` or ``url`` name a server; with neither, ``model_dir`` runs in-process.
+    """
+    if grpc_target:
+        client = GrpcClient(grpc_target, model_name, timeout=timeout)
+    elif url:
+        client = RestClient(url, model_name, timeout=timeout)
+    else:
+        client = local_client(model_dir)
     results = predict_paths(paths, client, detect)
     if annotate_dir:
         for r in results:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -60,6 +62,21 @@ def test_recipe_flags_become_pipeline_parameters(tmp_path):
     assert evaluate["tta"] == {"componentInputParameter": "tta"}
 
 
+def test_model_options_become_a_pipeline_parameter(tmp_path, capsys):
+    out = tmp_path / "options.yaml"
+    options = '{"configurable_cnn": {"filters": [64, 128, 256], "dropout": 0.1}}'
+    assert main(["compile", "-o", str(out), "--profile", "cpu", "--model-options", options]) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert spec["root"]["inputDefinitions"]["parameters"]["model_options"]["defaultValue"] == \
+        json.loads(options)
+    assert "pipelinechannel--model_options" in out.read_text()  # the train task takes it
+    for bad, message in (("{", "not JSON"), ('{"resnet9000": {}}', "unknown architecture"),
+                         ('{"configurable_cnn": 3}', "expected")):
+        with pytest.raises(SystemExit):
+            main(["compile", "-o", str(out), "--model-options", bad])
+        assert message in capsys.readouterr().err
+
+
 def test_every_profile_names_known_settings():
     from components.train import TrainConfig
     from components.train.models import MODEL_BUILDERS
@@ -112,13 +129,17 @@ def check_served_model(version_dir):
 def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_fer, tmp_path):
     params = profile_parameters("smoke", source=str(small_fer),
                                 serving_base=str(tmp_path / "serving"), model_name="fer",
-                                max_train_per_class=0, f1_threshold=0.0, seed=11)
+                                max_train_per_class=0, f1_threshold=0.0, seed=11,
+                                model_options={"baseline_cnn": {"dense_units": 64}})
     first = run_local(params, tmp_path / "kfp")
     assert first["deployment"]["created"] and first["deployment"]["version"] == 1
     assert first["gate"]["passed"] and first["gate"]["champion_version"] is None
     assert first["selection"]["winner"] == "baseline_cnn"
     version_dir = tmp_path / "serving" / "fer" / "1"
     check_served_model(version_dir)
+    # The builder arguments reached the train task and travel with the model.
+    record = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())
+    assert record["training"]["config"]["model_kwargs"] == {"dense_units": 64}
     text = format_run_summary(first)
     assert "gate:     PASSED" in text and f"deployed: version 1 at {version_dir}" in text
 

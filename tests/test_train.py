@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 
 from components.dataset import DataError, FaceDataset
-from components.train import MODEL_BUILDERS, TrainConfig, build_model, select_best, train
+from components.train import (
+    MODEL_BUILDERS,
+    TrainConfig,
+    build_model,
+    checkpoint_dir,
+    select_best,
+    train,
+)
 from components.train.train import predict_proba
 
 
@@ -136,3 +143,14 @@ def test_select_best_by_val_macro_f1(trained_model, tmp_path):
     assert result["winner"] == "baseline_cnn"
     assert [r["architecture"] for r in result["leaderboard"]] == ["baseline_cnn", "vgg19"]
     assert (tmp_path / "best" / "model.keras").is_file()
+
+
+def test_checkpoint_dir_keeps_differently_built_variants_apart():
+    assert checkpoint_dir("", "baseline_cnn", 42) is None
+    assert checkpoint_dir("/ckpt/", "baseline_cnn", 42) == "/ckpt/baseline_cnn-seed42"
+    assert checkpoint_dir("/ckpt", "baseline_cnn", 42, {}) == "/ckpt/baseline_cnn-seed42"
+    wide = checkpoint_dir("/ckpt", "configurable_cnn", 42, {"filters": [64, 128], "dropout": 0.1})
+    same = checkpoint_dir("/ckpt", "configurable_cnn", 42, {"dropout": 0.1, "filters": [64, 128]})
+    other = checkpoint_dir("/ckpt", "configurable_cnn", 42, {"filters": [32, 64], "dropout": 0.1})
+    assert wide == same != other
+    assert wide.startswith("/ckpt/configurable_cnn-seed42-")

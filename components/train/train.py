@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -388,6 +390,20 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Pat
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def checkpoint_dir(root: str, architecture: str, seed: int,
+                   model_kwargs: dict[str, Any] | None = None) -> str | None:
+    """Where one variant keeps its checkpoints under ``root`` (``""``: nowhere). A variant
+    built with other builder arguments gets its own directory, so that a run never resumes
+    from weights of another shape."""
+    if not root:
+        return None
+    name = f"{architecture}-seed{seed}"
+    if model_kwargs:
+        options = json.dumps(model_kwargs, sort_keys=True).encode()
+        name += "-" + hashlib.sha256(options).hexdigest()[:8]
+    return f"{root.rstrip('/')}/{name}"
 
 
 def select_best(model_dirs: list[str | Path], output_dir: str | Path) -> dict[str, Any]:

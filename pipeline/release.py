@@ -1,0 +1,148 @@
+"""``fer-pipeline release``: make a deployed model version the package's bundled model.
+
+    fer-pipeline release runs/serving/fer/3 --notes release_notes.md
+
+Copies the SavedModel version directory (as the pipeline's deploy step published it, with
+its ``assets.extra/``) to ``serving/model/fer/1/`` and writes ``serving/model/MODEL_CARD.md``
+from the metrics that travel with the model (``assets.extra/metrics.json``: the evaluation
+on the held-out split and the training summary). ``--notes`` appends free text (how the
+model was trained, comparisons) to the card. The copy is staged and renamed into place,
+and refused when it is larger than the package should carry.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from components.labels import CLASS_NAMES
+from serving.contract import ASSETS_EXTRA, BUNDLED_MODEL_BASE, METRICS_FILE
+
+MAX_BUNDLE_BYTES = 20 * 1024 * 1024
+CARD_FILE = "MODEL_CARD.md"
+
+
+class ReleaseError(Exception):
+    """The version cannot be released (not a SavedModel, no metrics, too large)."""
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str = "") -> str:
+    """The model card in Markdown, from the model's ``metrics.json``."""
+    training = metrics.get("training", {})
+    config = training.get("config", {})
+    split = metrics.get("split", "test")
+    lines = [
+        "# Model card: the bundled FER2013 emotion model",
+        "",
+        f"Released from `{source}` ({size_bytes / 1e6:.1f} MB). Served as model `fer`, "
+        "version 1, by `fer-serve` with no arguments; run by `fer-pipeline predict` when no "
+        "server is named.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: `{training.get('architecture', 'unknown')}`, "
+        f"{training.get('parameters', 0):,} parameters; test-time augmentation "
+        f"`{metrics.get('tta', 'none')}` inside the served graph.",
+        "- Input: 48x48 grayscale faces, pixels 0-255 (`serving_default`, input `pixels`), or "
+        "encoded images of any size (`predict_images`, input `image_bytes`).",
+        "- Output: `probabilities` over the seven FER2013 classes, `class_id`, `class_name`; "
+        "labels " + ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES)) + ".",
+        "",
+        "## Data and recipe",
+        "",
+        "- Trained on FER2013 `train/` (28,709 faces) less a seeded, stratified 10% validation "
+        "slice used for early stopping and model selection; never on `test/`.",
+    ]
+    if config:
+        keys = ("epochs", "batch_size", "learning_rate", "optimizer", "schedule",
+                "label_smoothing", "class_balance", "augmentation", "seed")
+        lines.append("- Recipe: " + ", ".join(f"{k} `{config[k]}`" for k in keys if k in config)
+                     + f"; {training.get('epochs_run', '?')} epochs run.")
+    if "val_accuracy" in training:
+        lines.append(f"- Validation: accuracy {training['val_accuracy']:.4f}, macro F1 "
+                     f"{training['val_macro_f1']:.4f}.")
+    lines += [
+        "",
+        f"## Metrics on the `{split}` split ({metrics.get('items', 0):,} faces)",
+        "",
+        f"Accuracy **{metrics['accuracy']:.4f}**, macro F1 **{metrics['macro_f1']:.4f}**, "
+        f"weighted F1 {metrics.get('weighted_f1', 0):.4f}.",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in CLASS_NAMES:
+        c = metrics["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
+                     f"{c['support']} |")
+    if metrics.get("most_confused"):
+        lines += ["", "Most confused (true -> predicted, share of the true class): " + "; ".join(
+            f"{m['true']} -> {m['predicted']} {m['share_of_true']:.0%}"
+            for m in metrics["most_confused"][:3]) + "."]
+    baseline = metrics.get("baseline")
+    if baseline:
+        lines += ["", f"Classic HOG + linear SVM on the same faces: accuracy "
+                      f"{baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}."]
+    worst = min(CLASS_NAMES, key=lambda n: metrics["per_class"][n]["f1"])
+    lines += [
+        "",
+        "## Known limits",
+        "",
+        f"- Weakest class: {worst} (F1 {metrics['per_class'][worst]['f1']:.2f}); FER2013 has "
+        "only 436 disgust training faces, and fear/sad/neutral are often confused.",
+        "- FER2013 faces are low-resolution, mostly frontal, web-scraped and labelled once; "
+        "about 10% of labels are thought to be wrong. Accuracy on other populations, poses, "
+        "lighting or cameras is unmeasured.",
+        "- The predict CLI finds faces with OpenCV's Haar cascade: profile or small faces "
+        "are missed.",
+        "- Predicted expressions are not felt emotions; do not use the model for decisions "
+        "about people.",
+    ]
+    if notes.strip():
+        lines += ["", notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def release(version_dir: str | Path, dest_base: str | Path = BUNDLED_MODEL_BASE,
+            notes: str = "", max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, Any]:
+    """Copy ``version_dir`` to ``dest_base/1`` and write the model card beside ``dest_base``."""
+    version_dir, dest_base = Path(version_dir), Path(dest_base)
+    if not (version_dir / "saved_model.pb").is_file():
+        raise ReleaseError(f"{version_dir} is not a SavedModel version directory "
+                           "(no saved_model.pb)")
+    metrics_file = version_dir / ASSETS_EXTRA / METRICS_FILE
+    if not metrics_file.is_file():
+        raise ReleaseError(f"{metrics_file} is missing: release a version the pipeline exported")
+    size = directory_bytes(version_dir)
+    if size > max_bytes:
+        raise ReleaseError(f"{version_dir} is {size / 1e6:.1f} MB, more than the "
+                           f"{max_bytes / 1e6:.0f} MB the package carries")
+    metrics = json.loads(metrics_file.read_text())
+    missing = [k for k in ("accuracy", "macro_f1", "per_class") if k not in metrics]
+    if missing:
+        raise ReleaseError(f"{metrics_file} has no {', '.join(missing)}: release a version "
+                           "exported with its evaluation metrics")
+    target = dest_base / "1"
+    staging = dest_base / f".1.tmp-{uuid.uuid4().hex[:8]}"
+    dest_base.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(version_dir, staging)
+        old = dest_base / f".1.old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    card = dest_base.parent / CARD_FILE
+    card.write_text(model_card(metrics, str(version_dir), size, notes))
+    return {"path": str(target), "card": str(card), "bytes": size,
+            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
