@@ -132,6 +132,9 @@ def format_results(results: list[ImageResult]) -> str:
 def local_client(model_dir: str | Path = BUNDLED_MODEL_BASE) -> LocalClient:
     """A SavedModel version directory, or the highest version under a model base."""
     path = Path(model_dir)
+    if path == BUNDLED_MODEL_BASE and not path.is_dir():
+        raise ClientError("no model is bundled with this package: give --url or --grpc (a "
+                          "server) or --model-dir (a SavedModel)")
     if not path.is_dir():
         raise ClientError(f"model directory {path} does not exist")
     try:

@@ -6,6 +6,7 @@ Flags are named like ``tensorflow_model_server``'s::
     fer-serve --model_name=fer --model_base_path=runs/serving/fer \\
               --rest_api_port=8501 --port=8500 --file_system_poll_wait_seconds=1
     fer-serve --model_config_file=serving/models.config
+    fer-serve        # no model named: the released model bundled with the package, as "fer"
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uvicorn
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.contract import BUNDLED_MODEL_BASE
 from serving.grpc_service import create_grpc_server
 from serving.model_store import ModelStore, VersionPolicy
 from serving.rest import DEFAULT_MAX_BODY_BYTES, create_app
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fer-serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name", default="fer")
-    p.add_argument("--model_base_path", help="directory of numbered versions, local or gs://")
+    p.add_argument("--model_base_path", help="directory of numbered versions, local or gs:// "
+                   "(default, without --model_config_file: the bundled released model)")
     p.add_argument("--model_config_file", help="TF Serving model_config_list text proto")
     p.add_argument("--rest_api_port", type=int, default=8501)
     p.add_argument("--port", type=int, default=8500, help="gRPC port")
@@ -116,18 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_stores(args: argparse.Namespace, bundled: Path = BUNDLED_MODEL_BASE,
+                 ) -> dict[str, ModelStore]:
+    """The models the flags name; with none, the model bundled with the package, if any."""
+    if args.model_config_file:
+        return stores_from_config(args.model_config_file, args.file_system_poll_wait_seconds)
+    base = args.model_base_path
+    if not base:
+        if not any(d.name.isdigit() for d in bundled.glob("*")):
+            raise ValueError("give --model_base_path or --model_config_file (no model is "
+                             f"bundled with this package: {bundled} holds no version)")
+        base = str(bundled)
+        log.info("no --model_base_path: serving the bundled model from %s", base)
+    return {args.model_name: ModelStore(args.model_name, base,
+                                        poll_seconds=args.file_system_poll_wait_seconds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.model_config_file:
-            stores = stores_from_config(args.model_config_file, args.file_system_poll_wait_seconds)
-        elif args.model_base_path:
-            stores = {args.model_name: ModelStore(args.model_name, args.model_base_path,
-                                                  poll_seconds=args.file_system_poll_wait_seconds)}
-        else:
-            print("error: give --model_base_path or --model_config_file", file=sys.stderr)
-            return 2
+        stores = model_stores(args)
         done = threading.Event()  # before start: a SIGTERM during start-up stops cleanly
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())

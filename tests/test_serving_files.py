@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import requests
 
 from components.deploy import deploy
 from serving.model_store import VersionPolicy
-from serving.server import LocalServer, main, stores_from_config
+from serving.server import LocalServer, build_parser, main, model_stores, stores_from_config
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,17 +51,14 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad.config").write_text("model_config_list { config { nme: 'x' } }")
     assert main(["--model_config_file", str(tmp_path / "bad.config")]) == 2
     assert "cannot read model config" in capsys.readouterr().err
-    assert main([]) == 2
-    assert "--model_base_path or --model_config_file" in capsys.readouterr().err
 
 
-def test_fer_serve_command_serves(exported_model, tmp_path):
-    deploy(exported_model, str(tmp_path / "serving"), "fer")
+def run_fer_serve(*flags: str) -> tuple[dict, str, int]:
+    """Start ``fer-serve`` as a process on free ports, return its model status, then stop it."""
     rest, grpc_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_name=fer",
-         f"--model_base_path={tmp_path / 'serving' / 'fer'}", f"--rest_api_port={rest}",
-         f"--port={grpc_port}", "--rest_api_host=127.0.0.1", "--file_system_poll_wait_seconds=1"],
+        [sys.executable, "-m", "serving.server", *flags, f"--rest_api_port={rest}",
+         f"--port={grpc_port}", "--rest_api_host=127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(300):
@@ -70,14 +68,36 @@ def test_fer_serve_command_serves(exported_model, tmp_path):
             except requests.ConnectionError:
                 if proc.poll() is not None:
                     pytest.fail(proc.stdout.read())
-                import time
                 time.sleep(0.1)
-        assert r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+        status = r.json()
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0
+    return status, out, proc.returncode
+
+
+def test_fer_serve_command_serves(exported_model, tmp_path):
+    deploy(exported_model, str(tmp_path / "serving"), "fer")
+    status, out, code = run_fer_serve("--model_name=fer",
+                                      f"--model_base_path={tmp_path / 'serving' / 'fer'}",
+                                      "--file_system_poll_wait_seconds=1")
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert code == 0
     assert "loaded version 1" in out and "(3 warm-up requests)" in out
+
+
+def test_fer_serve_with_no_model_named_serves_the_bundled_one(exported_model, tmp_path, caplog):
+    args = build_parser().parse_args([])
+    with pytest.raises(ValueError, match="no model is bundled with this package"):
+        model_stores(args, bundled=tmp_path / "model" / "fer")
+    deploy(exported_model, str(tmp_path / "model"), "fer")  # what `fer-pipeline release` ships
+    with caplog.at_level("INFO", logger="fer-serve"):
+        (store,) = model_stores(args, bundled=tmp_path / "model" / "fer").values()
+    assert (store.name, store.base_path) == ("fer", str(tmp_path / "model" / "fer"))
+    assert "serving the bundled model" in caplog.text
+    named = model_stores(build_parser().parse_args(["--model_base_path", "/elsewhere"]),
+                         bundled=tmp_path / "model" / "fer")
+    assert named["fer"].base_path == "/elsewhere"
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.serve", "Dockerfile.train"])

@@ -1,0 +1,112 @@
+"""``fer-pipeline release`` and the model bundled with the package.
+
+A tiny model trained, evaluated and exported by the pipeline's own steps is released into a
+temporary model base, then run in-process on real FER2013 test faces, through the client
+and ``fer-pipeline predict`` (``fer-serve`` with no model named:
+tests/test_serving_files.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from components.evaluate import evaluate
+from components.export import export
+from components.labels import CLASS_NAMES
+from pipeline.cli import main
+from pipeline.release import CARD_FILE, ReleaseError, directory_bytes, release
+from serving.client import ClientError, LocalClient
+from serving import predict
+from tests.conftest import face_pixels, real_faces
+
+
+@pytest.fixture(scope="module")
+def evaluated_export(trained_model, prepared, tmp_path_factory):
+    """The tiny model evaluated and exported with its metrics, as the pipeline does."""
+    root = tmp_path_factory.mktemp("release")
+    metrics = evaluate(trained_model, prepared / "dataset", root / "eval", 0.0, 0.01)
+    export(trained_model, prepared / "dataset", root / "saved_model", metrics)
+    return root / "saved_model", metrics
+
+
+def test_release_copies_the_version_and_writes_the_card(evaluated_export, tmp_path):
+    version, metrics = evaluated_export
+    result = release(version, tmp_path / "model" / "fer", notes="Trained for the test.")
+    target = tmp_path / "model" / "fer" / "1"
+    assert result["path"] == str(target)
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in version.iterdir())
+    assert directory_bytes(target) == directory_bytes(version)
+    card = (tmp_path / "model" / CARD_FILE).read_text()
+    assert f"Accuracy **{metrics['accuracy']:.4f}**" in card
+    for name in CLASS_NAMES:  # one row per class with its own F1
+        assert f"| {name} |" in card
+        assert f"{metrics['per_class'][name]['f1']:.4f}" in card
+    assert card.rstrip().endswith("Trained for the test.")
+    # releasing again replaces version 1: still one version, no staging left behind
+    release(version, tmp_path / "model" / "fer")
+    assert [p.name for p in (tmp_path / "model" / "fer").iterdir()] == ["1"]
+
+
+def test_release_refuses_what_it_cannot_ship(evaluated_export, exported_model, tmp_path):
+    version, _ = evaluated_export
+    with pytest.raises(ReleaseError, match="no saved_model.pb"):
+        release(tmp_path, tmp_path / "dest")
+    with pytest.raises(ReleaseError, match="no accuracy, per_class"):  # exported without eval
+        release(exported_model, tmp_path / "dest")
+    with pytest.raises(ReleaseError, match="more than"):
+        release(version, tmp_path / "dest", max_bytes=1000)
+    assert not (tmp_path / "dest" / "1").exists()
+    assert main(["release", str(tmp_path), "--dest", str(tmp_path / "dest")]) == 2
+
+
+# ------------------------------------------------------- a released model, in-process
+
+
+@pytest.fixture(scope="module")
+def released(evaluated_export, tmp_path_factory):
+    base = tmp_path_factory.mktemp("bundle") / "model" / "fer"
+    release(evaluated_export[0], base)
+    return base
+
+
+def test_local_client_runs_a_released_model_like_the_server(released):
+    client = LocalClient(released / "1")
+    faces = np.stack([face_pixels(p) for name in CLASS_NAMES for p in real_faces("test", name, 2)])
+    out = client.predict_pixels(faces)
+    assert out["probabilities"].shape == (14, 7)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert out["class_name"] == [CLASS_NAMES[i] for i in out["class_id"]]
+    jpegs = [p.read_bytes() for name in CLASS_NAMES for p in real_faces("test", name, 2)]
+    # The same faces as files, decoded in-graph (TF's JPEG decoder differs from Pillow's by
+    # a grey level here and there).
+    np.testing.assert_allclose(client.predict_images(jpegs)["probabilities"],
+                               out["probabilities"], atol=5e-3)
+    with pytest.raises(ClientError, match="Unknown image file format"):
+        client.predict_images([b"not an image"])
+    with pytest.raises(ClientError, match="no saved_model.pb"):
+        LocalClient(released)
+
+
+def test_predict_cli_runs_in_process_without_a_server(released, capsys):
+    files = [str(p) for p in real_faces("test", "happy", 3)]
+    assert main(["predict", *files, "--no-detect", "--json", "--model-dir", str(released)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [len(r["faces"]) for r in results] == [1, 1, 1]
+    expected = LocalClient(released / "1").predict_pixels(
+        np.stack([face_pixels(p) for p in real_faces("test", "happy", 3)]))
+    assert [r["faces"][0]["emotion"] for r in results] == expected["class_name"]
+
+
+def test_predict_cli_names_a_missing_model(tmp_path, capsys, monkeypatch):
+    face = str(real_faces("test", "happy", 1)[0])
+    assert main(["predict", face, "--no-detect", "--model-dir", str(tmp_path / "none")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", face, "--no-detect", "--model-dir", str(tmp_path)]) == 1
+    assert "no numbered model version" in capsys.readouterr().err
+    # A package that bundles no model says so, and what to give instead.
+    monkeypatch.setattr(predict, "BUNDLED_MODEL_BASE", tmp_path / "model" / "fer")
+    with pytest.raises(ClientError, match="no model is bundled with this package: give --url"):
+        predict.local_client(tmp_path / "model" / "fer")
