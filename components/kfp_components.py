@@ -84,9 +84,9 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
     from pathlib import Path
 
     from components.report import html_page
-    from components.train import TrainConfig, checkpoint_dir, train
+    from components.train import TrainConfig, builder_kwargs, checkpoint_dir, train
 
-    kwargs = model_options.get(architecture, {})
+    kwargs = builder_kwargs(model_options, architecture)
     config = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, seed=seed,
                          checkpoint_dir=checkpoint_dir(checkpoint_root, architecture, seed,

@@ -14,6 +14,7 @@ from components.train import (
     MODEL_BUILDERS,
     TrainConfig,
     build_model,
+    builder_kwargs,
     checkpoint_dir,
     select_best,
     train,
@@ -154,3 +155,14 @@ def test_checkpoint_dir_keeps_differently_built_variants_apart():
     other = checkpoint_dir("/ckpt", "configurable_cnn", 42, {"filters": [32, 64], "dropout": 0.1})
     assert wide == same != other
     assert wide.startswith("/ckpt/configurable_cnn-seed42-")
+
+
+def test_builder_kwargs_restore_the_ints_kfp_turns_into_doubles():
+    # What a KFP dict parameter delivers: every number a double.
+    options = {"configurable_cnn": {"filters": [64.0, 128.0], "dropout": 0.1, "depth": 3.0,
+                                    "batch_norm": True}}
+    kwargs = builder_kwargs(options, "configurable_cnn")
+    assert kwargs == {"filters": [64, 128], "dropout": 0.1, "depth": 3, "batch_norm": True}
+    assert all(type(v) is int for v in kwargs["filters"]) and type(kwargs["depth"]) is int
+    assert build_model("configurable_cnn", **kwargs).count_params() > 0
+    assert builder_kwargs(options, "baseline_cnn") == {}

@@ -10,9 +10,15 @@ from components.train.models import (
     pretrained_base,
     unfreeze_base,
 )
-from components.train.train import TrainConfig, checkpoint_dir, select_best, train
+from components.train.train import (
+    TrainConfig,
+    builder_kwargs,
+    checkpoint_dir,
+    select_best,
+    train,
+)
 from components.train.tta import TTA_MODES, with_tta
 
 __all__ = ["MODEL_BUILDERS", "TTA_MODES", "TrainConfig", "build_augmentation", "build_model",
-           "checkpoint_dir", "freeze_base", "pretrained_base", "select_best", "train", "unfreeze_base",
+           "builder_kwargs", "checkpoint_dir", "freeze_base", "pretrained_base", "select_best", "train", "unfreeze_base",
            "with_augmentation", "with_tta"]

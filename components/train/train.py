@@ -392,6 +392,22 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Pat
     return path
 
 
+def builder_kwargs(model_options: dict[str, Any], architecture: str) -> dict[str, Any]:
+    """``architecture``'s builder arguments from a pipeline's ``model_options``.
+
+    KFP carries numbers as doubles (a protobuf ``Struct``), so whole numbers become ints
+    again (filters, units, kernel sizes); no builder takes a whole-valued float.
+    """
+    def restore(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, list):
+            return [restore(v) for v in value]
+        return value
+
+    return {k: restore(v) for k, v in model_options.get(architecture, {}).items()}
+
+
 def checkpoint_dir(root: str, architecture: str, seed: int,
                    model_kwargs: dict[str, Any] | None = None) -> str | None:
     """Where one variant keeps its checkpoints under ``root`` (``""``: nowhere). A variant
