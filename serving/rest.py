@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,24 @@ def numeric_array(node: simdjson.Array) -> np.ndarray | None:
     return flat.reshape(shape)
 
 
+_parsers = threading.local()
+
+
+def _parse(body: bytes) -> Any:
+    """simdjson's parse with this thread's parser, reused: its buffers are already sized
+    and paged in (a fresh parser per request costs as much again as the parse). A parser
+    refuses to parse while a document it made is still referenced; then take a fresh one.
+    """
+    parser = getattr(_parsers, "parser", None)
+    if parser is not None:
+        try:
+            return parser.parse(body)
+        except RuntimeError:  # a previous document still alive (e.g. held by a traceback)
+            pass
+    _parsers.parser = simdjson.Parser()
+    return _parsers.parser.parse(body)
+
+
 def parse_json(body: bytes) -> Any:
     """The request body as Python values, a numeric tensor as one ndarray.
 
@@ -79,7 +98,7 @@ def parse_json(body: bytes) -> Any:
     the standard library's path (and its error messages).
     """
     try:
-        doc = simdjson.Parser().parse(body)
+        doc = _parse(body)
     except (ValueError, TypeError, UnicodeDecodeError):
         return json.loads(body)
     if not isinstance(doc, simdjson.Object):
