@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,35 +40,72 @@ def _error(status: int, message: str) -> JSONResponse:
 # The keys whose value is a tensor, in the row and the columnar format.
 TENSOR_KEYS = ("instances", "inputs")
 _NUMBER_CHARS = b"0123456789.eE+-"
+_NOISE = _NUMBER_CHARS + b" \t\n\r"  # numbers and JSON whitespace
 
 
-def _skeleton_shape(node: simdjson.Array) -> tuple[int, ...] | None:
-    """The shape read along the first element at each level, if the minified text, numbers
-    deleted, is exactly the bracket-and-comma skeleton of that shape; else ``None``.
-
-    With numbers deleted, an innermost ``[x]`` reads like ``[]``: the caller also checks
-    that the number of values is the product of the shape.
-    """
+def _first_path_shape(node: simdjson.Array) -> tuple[int, ...]:
+    """The shape read along the first element at each level."""
     shape, item = [], node
     while isinstance(item, simdjson.Array):
         shape.append(len(item))
         if not shape[-1]:
             break
         item = item[0]
+    return tuple(shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _skeleton(shape: tuple[int, ...]) -> bytes:
+    """The text of a rectangular array of ``shape`` with its numbers deleted."""
     skeleton = b""
     for n in reversed(shape):
         skeleton = b"[" + b",".join([skeleton] * n) + b"]"
-    return tuple(shape) if node.mini.translate(None, _NUMBER_CHARS) == skeleton else None
+    return skeleton
 
 
-def numeric_array(node: simdjson.Array) -> np.ndarray | None:
-    """A rectangular all-number JSON array as one float64 ndarray, or ``None``."""
+def _body_is_rectangular(body: bytes, doc: simdjson.Object, tensor_key: str,
+                         shape: tuple[int, ...]) -> bool:
+    """Whether ``body`` minus numbers and whitespace reads exactly like ``doc``'s keys, in
+    order, with string values and a rectangular ``tensor_key`` of ``shape``.
+
+    Exact: with everything before the tensor equal, the tensor's own text starts where the
+    skeleton does and, being balanced, ends where it does. Cheaper than re-serialising the
+    tensor (``mini``); ``False`` for a body it cannot judge this way (values other than
+    strings, escapes written differently), which the caller then checks the slow way.
+    """
+    parts = []
+    for key in doc.keys():
+        value = doc[key]
+        if key == tensor_key:
+            text = _skeleton(shape)
+        elif isinstance(value, str):
+            text = json.dumps(value, ensure_ascii=False).encode().translate(None, _NOISE)
+        else:
+            return False
+        parts.append(json.dumps(key, ensure_ascii=False).encode().translate(None, _NOISE)
+                     + b":" + text)
+    return body.translate(None, _NOISE) == b"{" + b",".join(parts) + b"}"
+
+
+def numeric_array(node: simdjson.Array,
+                  rectangular: Callable[[tuple[int, ...]], bool] | None = None,
+                  ) -> np.ndarray | None:
+    """A rectangular all-number JSON array as one float64 ndarray, or ``None``.
+
+    ``rectangular(shape)``: a cheap exact check of the structure, if the caller has one;
+    when it says no, the array's minified text, numbers deleted, must be the skeleton of
+    its shape. (An innermost ``[x]`` then reads like ``[]``: the number of values must also
+    be the product of the shape.)
+    """
     try:
         flat = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
     except (TypeError, ValueError):  # strings, objects, booleans, nulls
         return None
-    shape = _skeleton_shape(node)
-    if shape is None or int(np.prod(shape)) != flat.size:
+    shape = _first_path_shape(node)
+    if int(np.prod(shape)) != flat.size:
+        return None
+    if not ((rectangular is not None and rectangular(shape))
+            or node.mini.translate(None, _NUMBER_CHARS) == _skeleton(shape)):
         return None
     return flat.reshape(shape)
 
@@ -106,8 +145,9 @@ def parse_json(body: bytes) -> Any:
     parsed: dict[str, Any] = {}
     for key in doc.keys():
         value = doc[key]  # lazy: items() would build Python lists
-        array = numeric_array(value) if (key in TENSOR_KEYS
-                                         and isinstance(value, simdjson.Array)) else None
+        array = None
+        if key in TENSOR_KEYS and isinstance(value, simdjson.Array):
+            array = numeric_array(value, functools.partial(_body_is_rectangular, body, doc, key))
         if array is not None:
             parsed[key] = array
         elif isinstance(value, simdjson.Object):

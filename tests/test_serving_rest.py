@@ -191,12 +191,40 @@ def test_rectangular_numbers_parse_into_one_array(value):
     assert parsed["signature_name"] == "s"
 
 
+@pytest.mark.parametrize("others", [{"meta": {"k": [1]}}, {"signature_name": "s"}, {}],
+                         ids=["object beside", "string beside", "alone"])
 @pytest.mark.parametrize("value", SLOW, ids=[json.dumps(v)[:30] for v in SLOW])
-def test_anything_else_takes_the_standard_path(value):
+def test_anything_else_takes_the_standard_path(value, others):
     from serving.rest import parse_json
 
-    body = json.dumps({"inputs": value, "meta": {"k": [1]}}).encode()
+    body = json.dumps({"inputs": value, **others}).encode()
     assert parse_json(body) == json.loads(body)
+
+
+@pytest.mark.parametrize("body", [
+    # a string holding the skeleton of the shape the ragged tensor's first row suggests
+    b'{"signature_name": "[[,],[,]]", "instances": [[1,2],[3],[4,5,6]]}',
+    b'{"instances": [[1,2],[3],[4,5,6]], "signature_name": "[[,],[,],[,]]"}',
+], ids=["decoy before", "decoy after"])
+def test_a_ragged_tensor_is_never_taken_for_a_rectangular_one(body):
+    from serving.rest import parse_json
+
+    assert parse_json(body) == json.loads(body)  # a list, refused later as ragged
+
+
+@pytest.mark.parametrize("body", [
+    b'{ "instances" :\n [[1, 2],\n  [3, 4]] ,\t"signature_name" : "s" }',
+    b'{"signature_name": "a\\u005b\\"[", "instances": [[1, 2], [3, 4]]}',  # escapes
+    b'{"instances": [[1e3, -2.5E-1], [3, 4]], "n": 1}',
+], ids=["whitespace", "escaped string", "number beside"])
+def test_rectangular_tensors_parse_whatever_surrounds_them(body):
+    from serving.rest import parse_json
+
+    parsed = parse_json(body)
+    expected = json.loads(body)
+    np.testing.assert_array_equal(parsed["instances"], np.asarray(expected["instances"]))
+    assert {k: v for k, v in parsed.items() if k != "instances"} == \
+        {k: v for k, v in expected.items() if k != "instances"}
 
 
 def test_non_standard_json_numbers_behave_as_before():
