@@ -6,7 +6,7 @@ Flags are named like ``tensorflow_model_server``'s::
     fer-serve --model_name=fer --model_base_path=runs/serving/fer \\
               --rest_api_port=8501 --port=8500 --file_system_poll_wait_seconds=1
     fer-serve --model_config_file=serving/models.config
-    fer-serve        # no model named: the released model bundled with the package, as "fer"
+    fer-serve        # no model named: the model bundled with the package (if one ships)
 """
 
 from __future__ import annotations

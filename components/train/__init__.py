@@ -20,5 +20,5 @@ from components.train.train import (
 from components.train.tta import TTA_MODES, with_tta
 
 __all__ = ["MODEL_BUILDERS", "TTA_MODES", "TrainConfig", "build_augmentation", "build_model",
-           "builder_kwargs", "checkpoint_dir", "freeze_base", "pretrained_base", "select_best", "train", "unfreeze_base",
-           "with_augmentation", "with_tta"]
+           "builder_kwargs", "checkpoint_dir", "freeze_base", "pretrained_base", "select_best",
+           "train", "unfreeze_base", "with_augmentation", "with_tta"]
