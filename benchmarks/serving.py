@@ -29,8 +29,9 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components.ingest import ingest
 from components.dataset import FaceDataset
+from components.ingest import ingest
+from serving.model_store import local_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 FER_TEST = ROOT.parent / "shared" / "fer2013" / "test"
@@ -97,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = Path(args.model_base)
-    versions = sorted(int(p.name) for p in base.glob("*") if p.name.isdigit()) if base.is_dir() else []
+    versions = local_versions(base)
     if not versions:
         sys.exit(f"no deployed version under {base}: run `fer-pipeline run --profile smoke` first")
     model_dir = base / str(versions[-1])

@@ -27,12 +27,3 @@ WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving reads at load
 # that ``fer-serve`` serves and ``fer-pipeline predict`` runs when no server is named.
 BUNDLED_MODEL_NAME = "fer"
 BUNDLED_MODEL_BASE = Path(__file__).resolve().parent / "model" / BUNDLED_MODEL_NAME
-
-
-def latest_version(base: str | Path) -> Path:
-    """The highest numbered version directory under a local model base."""
-    base = Path(base)
-    versions = sorted((int(d.name), d) for d in base.glob("*") if d.is_dir() and d.name.isdigit())
-    if not versions:
-        raise FileNotFoundError(f"no numbered model version under {base}")
-    return versions[-1][1]

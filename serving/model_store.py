@@ -111,15 +111,21 @@ def _to_tensor(name: str, value: Any, spec: tf.TensorSpec) -> tf.Tensor:
     return tensor
 
 
+def local_versions(base: str | Path) -> list[int]:
+    """The SavedModel versions under a local model base, ascending (none if it is missing)."""
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir()
+                  if p.name.isdigit() and int(p.name) > 0 and (p / "saved_model.pb").is_file())
+
+
 class _Local:
     def __init__(self, base: str):
         self.base = Path(base)
 
     def versions(self) -> list[int]:
-        if not self.base.is_dir():
-            return []
-        return sorted(int(p.name) for p in self.base.iterdir()
-                      if p.name.isdigit() and int(p.name) > 0 and (p / "saved_model.pb").is_file())
+        return local_versions(self.base)
 
     def materialize(self, version: int, cache: Path) -> str:
         return str(self.base / str(version))

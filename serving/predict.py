@@ -18,7 +18,8 @@ import numpy as np
 
 from components.labels import CLASS_NAMES
 from serving.client import ClientError, GrpcClient, LocalClient, RestClient
-from serving.contract import BUNDLED_MODEL_BASE, latest_version
+from serving.contract import BUNDLED_MODEL_BASE
+from serving.model_store import local_versions
 
 CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -137,10 +138,12 @@ def local_client(model_dir: str | Path = BUNDLED_MODEL_BASE) -> LocalClient:
                           "server) or --model-dir (a SavedModel)")
     if not path.is_dir():
         raise ClientError(f"model directory {path} does not exist")
-    try:
-        return LocalClient(path if (path / "saved_model.pb").is_file() else latest_version(path))
-    except FileNotFoundError as exc:
-        raise ClientError(str(exc)) from exc
+    if (path / "saved_model.pb").is_file():
+        return LocalClient(path)
+    versions = local_versions(path)
+    if not versions:
+        raise ClientError(f"no numbered model version under {path}")
+    return LocalClient(path / str(versions[-1]))
 
 
 def run_predict(paths: list[str], url: str | None, grpc_target: str | None, model_name: str,

@@ -24,7 +24,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.contract import BUNDLED_MODEL_BASE
 from serving.grpc_service import create_grpc_server
-from serving.model_store import ModelStore, VersionPolicy
+from serving.model_store import ModelStore, VersionPolicy, local_versions
 from serving.rest import DEFAULT_MAX_BODY_BYTES, create_app
 
 log = logging.getLogger("fer-serve")
@@ -126,7 +126,7 @@ def model_stores(args: argparse.Namespace, bundled: Path = BUNDLED_MODEL_BASE,
         return stores_from_config(args.model_config_file, args.file_system_poll_wait_seconds)
     base = args.model_base_path
     if not base:
-        if not any(d.name.isdigit() for d in bundled.glob("*")):
+        if not local_versions(bundled):
             raise ValueError("give --model_base_path or --model_config_file (no model is "
                              f"bundled with this package: {bundled} holds no version)")
         base = str(bundled)
