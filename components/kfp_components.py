@@ -79,7 +79,7 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
              batch_size: int, learning_rate: float, seed: int, checkpoint_root: str,
              optimizer: str, schedule: str, warmup_epochs: int, label_smoothing: float,
              class_balance: str, augmentation: str, model_options: dict,
-             model: Output[Model], curves: Output[HTML]):
+             logit_adjustment: bool, model: Output[Model], curves: Output[HTML]):
     """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable."""
     from pathlib import Path
 
@@ -93,9 +93,11 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
                                                        kwargs),
                          optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                          label_smoothing=label_smoothing, class_balance=class_balance,
-                         augmentation=augmentation, model_kwargs=kwargs)
+                         augmentation=augmentation, model_kwargs=kwargs,
+                         logit_adjustment=logit_adjustment)
     summary = train(dataset.path, weights.path, model.path, config)
-    model.metadata.update({k: v for k, v in summary.items() if k != "config"})
+    model.metadata.update({k: v for k, v in summary.items()
+                           if k != "config" and v is not None})
     Path(curves.path).write_text(html_page(f"Training curves: {architecture}",
                                            "", [Path(model.path) / "training_curves.png"]))
 

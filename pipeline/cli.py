@@ -77,7 +77,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing, class_balance=args.class_balance,
         augmentation=args.augmentation, model_options=args.model_options, tta=args.tta,
-        classic_baseline=args.classic_baseline,
+        classic_baseline=args.classic_baseline, logit_adjustment=args.logit_adjustment,
     )
 
 
@@ -219,6 +219,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
                              '\'{"configurable_cnn": {"filters": [64, 128, 256]}}\'')
     recipe.add_argument("--tta", choices=TTA_MODES,
                         help="test-time augmentation at evaluation and in the served model")
+    recipe.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction,
+                        help="after training, divide the probabilities by the class prior to "
+                             "a power chosen on val for macro F1 (in the served model too)")
     recipe.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
                         help="also fit HOG + linear SVM and report it beside the model")
 

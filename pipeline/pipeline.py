@@ -117,6 +117,7 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         class_balance: str = "weights",
         augmentation: str = "none",
         model_options: dict = {},  # noqa: B006 (KFP reads the default)
+        logit_adjustment: bool = False,
         tta: str = "none",
         classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
@@ -139,7 +140,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
                 learning_rate=learning_rate, seed=seed, checkpoint_root=checkpoint_root,
                 optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 label_smoothing=label_smoothing, class_balance=class_balance,
-                augmentation=augmentation, model_options=model_options)))
+                augmentation=augmentation, model_options=model_options,
+                logit_adjustment=logit_adjustment)))
         best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"])))
 
         # Never cached: the champion may change between identical runs.

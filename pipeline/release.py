@@ -62,9 +62,14 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
     ]
     if config:
         keys = ("epochs", "batch_size", "learning_rate", "optimizer", "schedule",
-                "label_smoothing", "class_balance", "augmentation", "seed")
+                "warmup_epochs", "label_smoothing", "class_balance", "augmentation", "seed")
         lines.append("- Recipe: " + ", ".join(f"{k} `{config[k]}`" for k in keys if k in config)
-                     + f"; {training.get('epochs_run', '?')} epochs run.")
+                     + f"; {training.get('epochs_run', '?')} epochs run"
+                     + (f" in {training['train_seconds'] / 60:.0f} min"
+                        if "train_seconds" in training else "") + ".")
+        if config.get("model_kwargs"):
+            lines.append("- Builder arguments: `" + json.dumps(config["model_kwargs"],
+                                                              sort_keys=True) + "`.")
     if "val_accuracy" in training:
         lines.append(f"- Validation: accuracy {training['val_accuracy']:.4f}, macro F1 "
                      f"{training['val_macro_f1']:.4f}.")

@@ -50,12 +50,13 @@ def test_recipe_flags_become_pipeline_parameters(tmp_path):
     assert defaults["architectures"] == PROFILES["cpu"]["architectures"]
     assert (defaults["optimizer"], defaults["label_smoothing"], defaults["tta"]) == ("sgd", 0.2,
                                                                                     "crops")
-    assert defaults["schedule"] == "plateau" and defaults["augmentation"] == "light"
+    assert defaults["schedule"] == "cosine" and defaults["augmentation"] == "light"
+    assert defaults["model_options"] == PROFILES["cpu"]["model_options"]
     assert defaults["classic_baseline"] is True
     # The train (inside the loop), export (inside the condition) and evaluate tasks take them.
     text = out.read_text()
     for name in ("optimizer", "schedule", "warmup_epochs", "label_smoothing", "class_balance",
-                 "augmentation", "tta"):
+                 "augmentation", "tta", "logit_adjustment"):
         assert f"pipelinechannel--{name}" in text, name
     evaluate = yaml.safe_load(text)["root"]["dag"]["tasks"]["evaluate-op"]["inputs"]["parameters"]
     assert evaluate["classic_baseline"] == {"componentInputParameter": "classic_baseline"}
@@ -79,14 +80,18 @@ def test_model_options_become_a_pipeline_parameter(tmp_path, capsys):
 
 def test_every_profile_names_known_settings():
     from components.train import TrainConfig
-    from components.train.models import MODEL_BUILDERS
+    from components.train.models import MODEL_BUILDERS, build_model
 
     for name, params in PROFILES.items():
         assert set(params["architectures"]) <= set(MODEL_BUILDERS), name
         recipe = {k: params[k] for k in ("optimizer", "schedule", "warmup_epochs",
-                                          "label_smoothing", "class_balance", "augmentation")
+                                          "label_smoothing", "class_balance", "augmentation",
+                                          "logit_adjustment")
                   if k in params}
         TrainConfig(epochs=params["epochs"], **recipe)  # raises on a bad setting
+        for arch, kwargs in params.get("model_options", {}).items():  # builders take them
+            assert arch in params["architectures"], (name, arch)
+            assert build_model(arch, **kwargs).count_params() > 0
 
 
 def test_profiles_and_overrides():
@@ -130,16 +135,19 @@ def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_f
     params = profile_parameters("smoke", source=str(small_fer),
                                 serving_base=str(tmp_path / "serving"), model_name="fer",
                                 max_train_per_class=0, f1_threshold=0.0, seed=11,
-                                model_options={"baseline_cnn": {"dense_units": 64}})
+                                model_options={"baseline_cnn": {"dense_units": 64}},
+                                logit_adjustment=True)
     first = run_local(params, tmp_path / "kfp")
     assert first["deployment"]["created"] and first["deployment"]["version"] == 1
     assert first["gate"]["passed"] and first["gate"]["champion_version"] is None
     assert first["selection"]["winner"] == "baseline_cnn"
     version_dir = tmp_path / "serving" / "fer" / "1"
     check_served_model(version_dir)
-    # The builder arguments reached the train task and travel with the model.
+    # The builder arguments and the recipe reached the train task and travel with the model.
     record = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())
     assert record["training"]["config"]["model_kwargs"] == {"dense_units": 64}
+    assert record["training"]["config"]["logit_adjustment"] is True
+    assert 0.0 <= record["training"]["logit_adjustment"]["tau"] <= 2.0
     text = format_run_summary(first)
     assert "gate:     PASSED" in text and f"deployed: version 1 at {version_dir}" in text
 

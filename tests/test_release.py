@@ -17,7 +17,7 @@ from components.evaluate import evaluate
 from components.export import export
 from components.labels import CLASS_NAMES
 from pipeline.cli import main
-from pipeline.release import CARD_FILE, ReleaseError, directory_bytes, release
+from pipeline.release import CARD_FILE, ReleaseError, directory_bytes, model_card, release
 from serving.client import ClientError, LocalClient
 from serving import predict
 from tests.conftest import face_pixels, real_faces
@@ -60,6 +60,22 @@ def test_release_refuses_what_it_cannot_ship(evaluated_export, exported_model, t
         release(version, tmp_path / "dest", max_bytes=1000)
     assert not (tmp_path / "dest" / "1").exists()
     assert main(["release", str(tmp_path), "--dest", str(tmp_path / "dest")]) == 2
+
+
+def test_card_names_the_recipe_and_builder_arguments(evaluated_export):
+    _, metrics = evaluated_export
+    training = {"architecture": "configurable_cnn", "parameters": 1234, "epochs_run": 55,
+                "train_seconds": 4200.0, "val_accuracy": 0.6, "val_macro_f1": 0.5,
+                "config": {"epochs": 55, "schedule": "cosine", "warmup_epochs": 2,
+                           "model_kwargs": {"filters": [32, 64], "dropout": 0.1}}}
+    card = model_card({**metrics, "training": training}, "runs/serving/fer/3", 7_000_000)
+    assert "schedule `cosine`, warmup_epochs `2`" in card
+    assert "55 epochs run in 70 min." in card
+    assert 'Builder arguments: `{"dropout": 0.1, "filters": [32, 64]}`' in card
+    assert "`configurable_cnn`, 1,234 parameters" in card
+    # without a recipe (an older export) the card still renders, without those lines
+    plain = model_card({**metrics, "training": {}}, "runs/serving/fer/3", 7_000_000)
+    assert "Builder arguments" not in plain and "Recipe" not in plain
 
 
 # ------------------------------------------------------- a released model, in-process

@@ -10,7 +10,8 @@ fixed rate halved on plateaus, sparse cross-entropy, class weights, no augmentat
 Options: AdamW or SGD with Nesterov momentum, cosine decay with warm-up, weight decay,
 label smoothing, class-balanced sampling, augmentation layers in a training-only wrapper
 (``model.keras`` holds the plain network), two-phase fine-tuning of a pretrained base,
-mixed precision on GPUs and data parallelism over several GPUs.
+mixed precision on GPUs and data parallelism over several GPUs, and post-hoc logit
+adjustment for macro F1 (:mod:`components.train.calibrate`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from components.train.augment import (
     augmentation_from_preset,
     with_augmentation,
 )
+from components.train.calibrate import adjust, choose_tau, class_prior, with_prior_adjustment
 from components.train.models import INPUT_SHAPE, build_model, freeze_base, unfreeze_base
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ class TrainConfig:
     freeze_base_epochs: int = 0  # > 0: two-phase fine-tune, the base frozen for these epochs
     finetune_learning_rate: float | None = None  # phase 2 rate; None: learning_rate / 10
     mixed_precision: bool = False  # mixed_float16 when a GPU is present (ignored on CPU)
+    # After training: divide the probabilities by the train prior ** tau, tau chosen on val
+    # for macro F1 (components.train.calibrate); model.keras then carries that head.
+    logit_adjustment: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -297,8 +302,21 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
         model = build_model(config.architecture, input_shape=INPUT_SHAPE,
                             num_classes=NUM_CLASSES, **config.model_kwargs)
         model.set_weights(trained)
+    val_proba = predict_proba(model, val_set.images)
+    adjustment = None
+    if config.logit_adjustment:
+        prior = class_prior(train_set.labels)
+        tau, sweep = choose_tau(val_proba, val_set.labels, prior)
+        model = with_prior_adjustment(model, prior, tau)
+        val_proba = adjust(val_proba, prior, tau)
+        adjustment = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
+                      "val_accuracy_unadjusted": round(sweep[0]["accuracy"], 6),
+                      "val_macro_f1_unadjusted": round(sweep[0]["macro_f1"], 6)}
+        print(f"[train] logit adjustment: tau {tau:.2f} (val macro F1 "
+              f"{sweep[0]['macro_f1']:.4f} -> {max(r['macro_f1'] for r in sweep):.4f})",
+              flush=True)
     model.save(output_dir / MODEL_FILE)
-    val_pred = predict_proba(model, val_set.images).argmax(axis=1)
+    val_pred = val_proba.argmax(axis=1)
     summary = {
         "architecture": config.architecture,
         "config": asdict(config),
@@ -312,6 +330,7 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
         "val_accuracy": round(float(accuracy_score(val_set.labels, val_pred)), 6),
         "val_macro_f1": round(float(f1_score(val_set.labels, val_pred, average="macro",
                                              labels=list(range(NUM_CLASSES)), zero_division=0)), 6),
+        "logit_adjustment": adjustment,
     }
     write_json(output_dir / "history.json", history)
     plot_history(history, output_dir / "training_curves.png", config.architecture)

@@ -1,0 +1,95 @@
+"""Post-hoc logit adjustment: trade a little accuracy for the rare classes' recall.
+
+A network trained on FER2013's skewed classes (happy 25%, disgust 1.5%) under-predicts the
+rare ones. Logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR
+2021) subtracts ``tau * log(prior)`` from the logits, i.e. divides each probability by its
+class prior to the power ``tau`` and renormalises. ``tau = 0`` is the plain model, ``tau = 1``
+the balanced-error Bayes rule. One number, chosen on the validation split to maximise macro
+F1, so it cannot fit that split the way per-class thresholds would.
+
+:class:`PriorAdjustment` is the layer appended to the trained network, so evaluation, test-
+time augmentation and the exported SavedModel all see the adjusted probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+from sklearn.metrics import f1_score
+
+from components.labels import NUM_CLASSES
+
+TAU_GRID = tuple(round(0.05 * i, 2) for i in range(0, 41))  # 0.00, 0.05, ..., 2.00
+_EPS = 1e-12
+
+
+def class_prior(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Class frequencies of ``labels`` (add-one smoothed, so no class has prior 0)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes) + 1.0
+    return counts / counts.sum()
+
+
+def adjust(probabilities: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """``probabilities / prior**tau``, renormalised (the layer's computation, in NumPy)."""
+    scores = np.log(np.asarray(probabilities, np.float64) + _EPS) - tau * np.log(prior)
+    scores -= scores.max(axis=1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def choose_tau(probabilities: np.ndarray, labels: np.ndarray, prior: np.ndarray,
+               grid: Sequence[float] = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
+    """The ``tau`` of ``grid`` with the best macro F1 on (``probabilities``, ``labels``); ties
+    go to the smaller one. Returns it and the whole sweep (tau, macro F1, accuracy)."""
+    if len(probabilities) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need one probability row per label, got {len(probabilities)} rows "
+                         f"for {len(labels)} labels")
+    classes = list(range(probabilities.shape[1]))
+    sweep = []
+    for tau in grid:
+        pred = adjust(probabilities, prior, tau).argmax(axis=1)
+        sweep.append({"tau": float(tau),
+                      "macro_f1": float(f1_score(labels, pred, labels=classes, average="macro",
+                                                 zero_division=0)),
+                      "accuracy": float(np.mean(pred == labels))})
+    best = max(sweep, key=lambda r: (round(r["macro_f1"], 10), -r["tau"]))
+    return best["tau"], sweep
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class PriorAdjustment(layers.Layer):
+    """[N,K] probabilities -> [N,K] probabilities divided by ``prior**tau``, renormalised."""
+
+    def __init__(self, prior: Sequence[float], tau: float, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        prior = [float(p) for p in prior]
+        if any(p <= 0 for p in prior) or not np.isclose(sum(prior), 1.0, atol=1e-4):
+            raise ValueError(f"prior must be positive and sum to 1, got {prior}")
+        if tau < 0:
+            raise ValueError(f"tau must be >= 0, got {tau}")
+        self.prior, self.tau = prior, float(tau)
+
+    def call(self, inputs):
+        shift = ops.convert_to_tensor([-self.tau * float(np.log(p)) for p in self.prior],
+                                      dtype=inputs.dtype)
+        return ops.softmax(ops.log(inputs + _EPS) + shift, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "prior": self.prior, "tau": self.tau}
+
+
+def with_prior_adjustment(model: keras.Model, prior: Sequence[float], tau: float) -> keras.Model:
+    """``model`` with a :class:`PriorAdjustment` head appended (same name and input)."""
+    if len(prior) != model.output_shape[-1]:
+        raise ValueError(f"prior has {len(prior)} classes, the model outputs "
+                         f"{model.output_shape[-1]}")
+    outputs = PriorAdjustment(prior, tau, name="prior_adjustment")(model.output)
+    return keras.Model(model.inputs, outputs, name=model.name)

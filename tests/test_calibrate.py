@@ -1,0 +1,112 @@
+"""Post-hoc logit adjustment (components.train.calibrate): the tau search, the layer, and the
+training step that appends it (real TensorFlow, real faces)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, recall_score
+
+from components.export import export
+from components.train import TrainConfig, build_model, train
+from components.train.calibrate import (
+    PriorAdjustment,
+    adjust,
+    choose_tau,
+    class_prior,
+    with_prior_adjustment,
+)
+from components.train.train import MODEL_FILE, SUMMARY_FILE
+from components.dataset import read_json
+
+
+def prior_biased_classifier(n: int, prior: np.ndarray, seed: int = 0):
+    """Labels drawn from ``prior`` and a noisy classifier whose scores carry ``log(prior)``:
+    it under-predicts the rare classes, as a net trained on skewed data does."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(len(prior), size=n, p=prior)
+    scores = 1.2 * np.eye(len(prior))[labels] + rng.normal(0, 1.0, (n, len(prior)))
+    logits = scores + np.log(prior)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True), labels
+
+
+FER_PRIOR = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965], float)
+FER_PRIOR /= FER_PRIOR.sum()
+
+
+def test_tau_is_chosen_for_macro_f1_and_lifts_the_rare_class():
+    probs, labels = prior_biased_classifier(6000, FER_PRIOR)
+    tau, sweep = choose_tau(probs, labels, FER_PRIOR)
+    assert [r["tau"] for r in sweep][:3] == [0.0, 0.05, 0.1] and tau > 0.3
+    best = next(r for r in sweep if r["tau"] == tau)
+    assert best["macro_f1"] == max(r["macro_f1"] for r in sweep) > sweep[0]["macro_f1"] + 0.02
+    plain, adjusted = probs.argmax(1), adjust(probs, FER_PRIOR, tau).argmax(1)
+    recall = lambda pred: recall_score(labels, pred, labels=[1], average=None)[0]  # disgust
+    assert recall(adjusted) > recall(plain) + 0.1
+    assert f1_score(labels, adjusted, average="macro") == pytest.approx(best["macro_f1"])
+
+
+def test_a_balanced_prior_changes_nothing_and_tau_stays_zero():
+    uniform = np.full(7, 1 / 7)
+    probs, labels = prior_biased_classifier(700, uniform)
+    np.testing.assert_allclose(adjust(probs, uniform, 1.5), probs, atol=1e-9)
+    assert choose_tau(probs, labels, uniform)[0] == 0.0  # a tie goes to the smallest
+    with pytest.raises(ValueError, match="one probability row per label"):
+        choose_tau(probs[:5], labels, uniform)
+
+
+def test_class_prior_is_smoothed_frequencies():
+    prior = class_prior(np.array([0, 0, 0, 3]), num_classes=4)
+    np.testing.assert_allclose(prior, np.array([4, 1, 1, 2]) / 8)
+
+
+def test_layer_matches_numpy_and_survives_save_and_load(tmp_path):
+    probs, _ = prior_biased_classifier(64, FER_PRIOR, seed=3)
+    layer = PriorAdjustment(FER_PRIOR.tolist(), 0.8)
+    out = keras.ops.convert_to_numpy(layer(probs.astype("float32")))
+    np.testing.assert_allclose(out, adjust(probs, FER_PRIOR, 0.8), atol=1e-5)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(
+        PriorAdjustment(FER_PRIOR.tolist(), 0.0)(probs.astype("float32"))), probs, atol=1e-5)
+
+    model = build_model("baseline_cnn", filters=(4, 8), dense_units=8)
+    adjusted = with_prior_adjustment(model, FER_PRIOR.tolist(), 1.0)
+    assert adjusted.name == model.name and adjusted.layers[-1].name == "prior_adjustment"
+    x = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype("float32")
+    expected = adjust(model.predict(x, verbose=0), FER_PRIOR, 1.0)
+    np.testing.assert_allclose(adjusted.predict(x, verbose=0), expected, atol=1e-5)
+    adjusted.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, atol=1e-5)
+
+    with pytest.raises(ValueError, match="prior has 3 classes"):
+        with_prior_adjustment(model, [0.2, 0.3, 0.5], 1.0)
+    with pytest.raises(ValueError, match="positive and sum to 1"):
+        PriorAdjustment([0.5, 0.6], 1.0)
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        PriorAdjustment([0.5, 0.5], -1.0)
+
+
+def test_training_appends_the_adjustment_and_the_export_serves_it(prepared, tmp_path):
+    out = tmp_path / "model"
+    summary = train(prepared / "dataset", prepared / "class_weights.json", out,
+                    TrainConfig(epochs=1, batch_size=32, seed=4, class_balance="none",
+                                logit_adjustment=True))
+    adjustment = summary["logit_adjustment"]
+    assert 0.0 <= adjustment["tau"] <= 2.0 and len(adjustment["prior"]) == 7
+    assert summary["val_macro_f1"] >= adjustment["val_macro_f1_unadjusted"]
+    assert read_json(out / SUMMARY_FILE)["logit_adjustment"] == adjustment
+    model = keras.models.load_model(out / MODEL_FILE)
+    assert model.layers[-1].name == "prior_adjustment"
+    assert model.layers[-1].tau == adjustment["tau"]
+    # the served graph (here with flip TTA on top) carries it: export checks itself
+    result = export(out, prepared / "dataset", tmp_path / "sm", tta="flip")
+    assert result["tta"] == "flip"
+
+    plain = train(prepared / "dataset", None, tmp_path / "plain",
+                  TrainConfig(epochs=1, batch_size=32, seed=4, class_balance="none"))
+    assert plain["logit_adjustment"] is None
+    assert keras.models.load_model(tmp_path / "plain" / MODEL_FILE).layers[-1].name == \
+        "predictions"
