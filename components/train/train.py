@@ -1,4 +1,4 @@
-"""The training step: one architecture on the train split, early-stopped on val.
+"""The training step: one architecture on the train split, selected on val.
 
 Writes to ``output_dir``: ``model.keras``, ``history.json``, ``training_curves.png`` and
 ``summary.json`` (architecture, epochs, val accuracy and macro F1, time). Checkpoints every
@@ -64,7 +64,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     seed: int = 42
-    early_stopping_patience: int = 6
+    early_stopping_patience: int = 6  # schedule "plateau" only; cosine runs every epoch
     reduce_lr_patience: int = 3  # schedule "plateau" only
     checkpoint_dir: str | None = None  # None: a temporary directory (no resume across runs)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -367,12 +367,16 @@ def _run_phase(fit_model: keras.Model, model: keras.Model, phase: Phase, last: b
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt / phase.backup)),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                      restore_best_weights=True),
     ]
-    if config.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6))
+    if config.schedule == "plateau":  # a cosine schedule runs its whole length: stopping
+        # early would cut off the low-rate end, where it gains most
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor="val_loss",
+                                          patience=config.early_stopping_patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                              patience=config.reduce_lr_patience, min_lr=1e-6),
+        ]
     fit_model.fit(
         train_ds, validation_data=val_ds, initial_epoch=phase.first_epoch,
         epochs=phase.last_epoch, class_weight=class_weight, callbacks=callbacks, verbose=2,
