@@ -97,6 +97,16 @@ def test_each_optimizer_and_schedule_trains(optimizer, schedule, warmup, prepare
     assert np.isfinite(history["loss"]).all()
 
 
+def test_plateau_stops_early_where_cosine_runs_its_whole_schedule(prepared, tmp_path):
+    # At this rate the small net stalls within a few epochs: val loss stops falling and
+    # patience 1 runs out under the plateau schedule, not under cosine.
+    rough = {"epochs": 6, "learning_rate": 0.01, "early_stopping_patience": 1}
+    plateau = run(prepared, tmp_path / "plateau", schedule="plateau", **rough)
+    cosine = run(prepared, tmp_path / "cosine", schedule="cosine", **rough)
+    assert plateau["epochs_run"] < 6
+    assert cosine["epochs_run"] == 6
+
+
 def test_optimizer_settings():
     sgd = make_optimizer(TrainConfig(optimizer="sgd"), 0.1, 10, 5)
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9
