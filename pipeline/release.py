@@ -73,6 +73,11 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
     if "val_accuracy" in training:
         lines.append(f"- Validation: accuracy {training['val_accuracy']:.4f}, macro F1 "
                      f"{training['val_macro_f1']:.4f}.")
+    adjustment = training.get("logit_adjustment")
+    if adjustment:
+        lines.append(f"- Logit adjustment: probabilities divided by the train prior to the "
+                     f"power {adjustment['tau']:.2f}, chosen on validation (macro F1 "
+                     f"{adjustment['val_macro_f1_unadjusted']:.4f} before it).")
     lines += [
         "",
         f"## Metrics on the `{split}` split ({metrics.get('items', 0):,} faces)",

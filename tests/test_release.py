@@ -67,15 +67,18 @@ def test_card_names_the_recipe_and_builder_arguments(evaluated_export):
     training = {"architecture": "configurable_cnn", "parameters": 1234, "epochs_run": 55,
                 "train_seconds": 4200.0, "val_accuracy": 0.6, "val_macro_f1": 0.5,
                 "config": {"epochs": 55, "schedule": "cosine", "warmup_epochs": 2,
-                           "model_kwargs": {"filters": [32, 64], "dropout": 0.1}}}
+                           "model_kwargs": {"filters": [32, 64], "dropout": 0.1}},
+                "logit_adjustment": {"tau": 0.65, "val_macro_f1_unadjusted": 0.4321}}
     card = model_card({**metrics, "training": training}, "runs/serving/fer/3", 7_000_000)
     assert "schedule `cosine`, warmup_epochs `2`" in card
     assert "55 epochs run in 70 min." in card
     assert 'Builder arguments: `{"dropout": 0.1, "filters": [32, 64]}`' in card
     assert "`configurable_cnn`, 1,234 parameters" in card
+    assert "to the power 0.65, chosen on validation (macro F1 0.4321 before it)" in card
     # without a recipe (an older export) the card still renders, without those lines
     plain = model_card({**metrics, "training": {}}, "runs/serving/fer/3", 7_000_000)
-    assert "Builder arguments" not in plain and "Recipe" not in plain
+    for line in ("- Builder arguments", "- Recipe", "- Logit adjustment"):
+        assert line not in plain
 
 
 # ------------------------------------------------------- a released model, in-process
