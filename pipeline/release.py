@@ -58,7 +58,8 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         "## Data and recipe",
         "",
         "- Trained on FER2013 `train/` (28,709 faces) less a seeded, stratified 10% validation "
-        "slice used for early stopping and model selection; never on `test/`.",
+        "slice, used for model selection (and for early stopping and the logit adjustment "
+        "where the recipe has them); never on `test/`.",
     ]
     if config:
         keys = ("epochs", "batch_size", "learning_rate", "optimizer", "schedule",

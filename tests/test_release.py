@@ -129,3 +129,27 @@ def test_predict_cli_names_a_missing_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(predict, "BUNDLED_MODEL_BASE", tmp_path / "model" / "fer")
     with pytest.raises(ClientError, match="no model is bundled with this package: give --url"):
         predict.local_client(tmp_path / "model" / "fer")
+
+
+# ------------------------------------------------------- the model this package ships
+
+
+def test_the_bundled_model_recognises_real_faces_and_its_card_matches_it(capsys):
+    """The shipped model (serving/model/fer/1), on 20 real PublicTest faces per class: it
+    must beat chance (1/7) by far, and its card must quote its own recorded metrics."""
+    from serving.contract import BUNDLED_MODEL_BASE
+
+    version = BUNDLED_MODEL_BASE / "1"
+    assert (version / "saved_model.pb").is_file(), "this package ships a model"
+    files = [p for name in CLASS_NAMES for p in real_faces("test", name, 20)]
+    truth = [name for name in CLASS_NAMES for _ in range(20)]
+    out = LocalClient(version).predict_pixels(np.stack([face_pixels(p) for p in files]))
+    assert np.mean(np.array(out["class_name"]) == np.array(truth)) > 0.45
+    # predict with no --url/--grpc/--model-dir runs this same model in-process
+    assert main(["predict", *map(str, files[:3]), "--no-detect", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["faces"][0]["emotion"] for r in results] == out["class_name"][:3]
+    recorded = json.loads((version / "assets.extra" / "metrics.json").read_text())
+    card = (BUNDLED_MODEL_BASE.parent / CARD_FILE).read_text()
+    assert f"Accuracy **{recorded['accuracy']:.4f}**, macro F1 **{recorded['macro_f1']:.4f}**" \
+        in card
