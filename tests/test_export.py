@@ -151,3 +151,14 @@ def test_warmup_requests_replay_against_the_saved_model(exported):
             **{k: tf.constant(v) for k, v in inputs.items()})
         assert out["probabilities"].shape[1] == 7
     assert signatures == [SIGNATURE_PIXELS, SIGNATURE_PIXELS, SIGNATURE_IMAGES]
+
+
+def test_every_weight_is_stored_once(exported, trained_model):
+    """keras-team/keras#23553: tracking the model as well as the endpoints stores each
+    weight twice (twice the files, twice TF Serving's memory)."""
+    path, _ = exported
+    stored = sum(int(np.prod(shape)) for name, shape in
+                 tf.train.list_variables(str(path / "variables" / "variables"))
+                 if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    model = keras.models.load_model(trained_model / "model.keras")
+    assert stored == model.count_params()
