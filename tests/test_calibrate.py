@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
+from components.dataset import read_json
 from components.export import export
 from components.train import TrainConfig, build_model, train
 from components.train.calibrate import (
@@ -18,7 +19,6 @@ from components.train.calibrate import (
     with_prior_adjustment,
 )
 from components.train.train import MODEL_FILE, SUMMARY_FILE
-from components.dataset import read_json
 
 
 def prior_biased_classifier(n: int, prior: np.ndarray, seed: int = 0):

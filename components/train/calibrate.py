@@ -23,7 +23,8 @@ from sklearn.metrics import f1_score
 
 from components.labels import NUM_CLASSES
 
-TAU_GRID = tuple(round(0.05 * i, 2) for i in range(0, 41))  # 0.00, 0.05, ..., 2.00
+# 0.00 (no adjustment: the sweep's reference), 0.05, ..., 2.00
+TAU_GRID = tuple(round(0.05 * i, 2) for i in range(0, 41))
 _EPS = 1e-12
 
 

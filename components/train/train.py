@@ -307,14 +307,14 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     if config.logit_adjustment:
         prior = class_prior(train_set.labels)
         tau, sweep = choose_tau(val_proba, val_set.labels, prior)
+        plain, best = (next(r for r in sweep if r["tau"] == t) for t in (0.0, tau))
         model = with_prior_adjustment(model, prior, tau)
         val_proba = adjust(val_proba, prior, tau)
         adjustment = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
-                      "val_accuracy_unadjusted": round(sweep[0]["accuracy"], 6),
-                      "val_macro_f1_unadjusted": round(sweep[0]["macro_f1"], 6)}
+                      "val_accuracy_unadjusted": round(plain["accuracy"], 6),
+                      "val_macro_f1_unadjusted": round(plain["macro_f1"], 6)}
         print(f"[train] logit adjustment: tau {tau:.2f} (val macro F1 "
-              f"{sweep[0]['macro_f1']:.4f} -> {max(r['macro_f1'] for r in sweep):.4f})",
-              flush=True)
+              f"{plain['macro_f1']:.4f} -> {best['macro_f1']:.4f})", flush=True)
     model.save(output_dir / MODEL_FILE)
     val_pred = val_proba.argmax(axis=1)
     summary = {
