@@ -103,13 +103,16 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def select_best_op(models: Input[List[Model]], best: Output[Model]) -> str:
-    """The variant with the best val macro F1 goes on; returns the leaderboard (JSON)."""
+def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble: bool,
+                   logit_adjustment: bool, best: Output[Model]) -> str:
+    """The variant with the best val macro F1 goes on, or (``ensemble``) the average of all
+    the variants; returns the leaderboard (JSON)."""
     import json
 
-    from components.train import select_best
+    from components.train.ensemble import combine
 
-    result = select_best([m.path for m in models], best.path)
+    result = combine([m.path for m in models], best.path, dataset.path, ensemble,
+                     logit_adjustment)
     best.metadata.update({"architecture": result["winner"]})
     print(json.dumps(result, indent=2))
     return json.dumps(result)

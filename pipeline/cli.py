@@ -6,6 +6,8 @@ Subcommands:
   compile  write the pipeline's KFP IR YAML (for a Kubeflow Pipelines cluster)
   submit   start a run of the pipeline on a Kubeflow Pipelines cluster
   predict  emotions of the faces in photos, from a served model (REST or gRPC)
+  ensemble average models that runs trained; evaluate, gate, export and deploy the result
+  release  make a deployed version the package's bundled model
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         label_smoothing=args.label_smoothing, class_balance=args.class_balance,
         augmentation=args.augmentation, model_options=args.model_options, tta=args.tta,
         classic_baseline=args.classic_baseline, logit_adjustment=args.logit_adjustment,
+        ensemble=args.ensemble,
     )
 
 
@@ -166,6 +169,24 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from pipeline.ensemble_run import ensemble_and_deploy
+
+    try:
+        result = ensemble_and_deploy(args.models, args.dataset, args.out, args.serving_base,
+                                     args.model_name, args.tta, args.logit_adjustment,
+                                     args.f1_threshold, args.min_improvement)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    deployed = result["deployment"]
+    if deployed is None:
+        print(f"not deployed: {result['evaluation']['gate']['reason']}")
+        return 1
+    print(f"{deployed['reason']} -> {deployed['path']}")
+    return 0
+
+
 def model_options(text: str) -> dict:
     """``--model-options``: a JSON object mapping architecture names to builder arguments."""
     from components.train.models import MODEL_BUILDERS
@@ -222,6 +243,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     recipe.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction,
                         help="after training, divide the probabilities by the class prior to "
                              "a power chosen on val for macro F1 (in the served model too)")
+    recipe.add_argument("--ensemble", action=argparse.BooleanOptionalAction,
+                        help="with several --architectures, serve the average of all of them "
+                             "instead of the best one")
     recipe.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
                         help="also fit HOG + linear SVM and report it beside the model")
 
@@ -344,6 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
     pred.add_argument("--timeout", type=float, default=30.0)
     pred.set_defaults(func=_cmd_predict)
+
+    from components.train.tta import TTA_MODES
+
+    ens = sub.add_parser("ensemble", help="average trained models; gate, export, deploy",
+                         description="Average the models that earlier runs trained (their "
+                         "train-op/model directories), calibrate the average on val, then "
+                         "evaluate, gate, export and deploy it like a run's winner. The "
+                         "members must come from runs on the same source, seed and split "
+                         "fractions as --dataset.")
+    ens.add_argument("models", nargs="+", help="trained model directories (model.keras)")
+    ens.add_argument("--dataset", required=True,
+                     help="the runs' split dataset (a preprocess-op/splits directory)")
+    ens.add_argument("--out", default="runs/ensemble",
+                     help="work directory: model/, evaluation/, saved_model/ "
+                          "(default: %(default)s)")
+    ens.add_argument("--serving-base", default="runs/serving")
+    ens.add_argument("--model-name", default="fer")
+    ens.add_argument("--tta", choices=TTA_MODES, default="none")
+    ens.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction, default=True)
+    ens.add_argument("--f1-threshold", type=float, default=0.0)
+    ens.add_argument("--min-improvement", type=float, default=0.0)
+    ens.set_defaults(func=_cmd_ensemble)
 
     rel = sub.add_parser("release", help="make a deployed version the bundled model",
                          description="Copy a deployed SavedModel version into the package "

@@ -59,7 +59,7 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     lines = ["", "=" * 72, f"pipeline finished in {summary['seconds']:.0f} s", "variants:"]
     for row in summary["selection"]["leaderboard"]:
         lines.append(f"  {row['architecture']:<16} val macro F1 {row['val_macro_f1']:.4f}  "
-                     f"val accuracy {row['val_accuracy']:.4f}  epochs {row['epochs_run']}")
+                     f"val accuracy {row['val_accuracy']:.4f}  epochs {row['epochs_run'] or '-'}")
     gate = summary["gate"]
     lines.append(f"winner:   {summary['selection']['winner']}")
     lines.append(f"test:     macro F1 {gate['macro_f1']:.4f} (threshold {gate['f1_threshold']}, "

@@ -118,6 +118,7 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         augmentation: str = "none",
         model_options: dict = {},  # noqa: B006 (KFP reads the default)
         logit_adjustment: bool = False,
+        ensemble: bool = False,
         tta: str = "none",
         classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
@@ -142,7 +143,9 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
                 label_smoothing=label_smoothing, class_balance=class_balance,
                 augmentation=augmentation, model_options=model_options,
                 logit_adjustment=logit_adjustment)))
-        best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"])))
+        best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"]),
+                                        dataset=prep.outputs["splits"], ensemble=ensemble,
+                                        logit_adjustment=logit_adjustment))
 
         # Never cached: the champion may change between identical runs.
         evaluation = configure(evaluate_op(

@@ -71,6 +71,22 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         if config.get("model_kwargs"):
             lines.append("- Builder arguments: `" + json.dumps(config["model_kwargs"],
                                                               sort_keys=True) + "`.")
+    for i, member in enumerate(training.get("members", [])):
+        recipe = member.get("config") or {}
+        lines.append(
+            f"- Member {i}: `{member['architecture']}`, {member['parameters']:,} parameters"
+            + (f", builder arguments `{json.dumps(recipe['model_kwargs'], sort_keys=True)}`"
+               if recipe.get("model_kwargs") else "")
+            + "".join(f", {k} `{recipe[k]}`" for k in ("optimizer", "schedule",
+                                                       "augmentation", "seed") if k in recipe)
+            + (f"; {member['epochs_run']} epochs" if member.get("epochs_run") else "")
+            + (f" in {member['train_seconds'] / 60:.0f} min" if member.get("train_seconds")
+               else "")
+            + f"; alone on validation: accuracy {member['val_accuracy']:.4f}, macro F1 "
+              f"{member['val_macro_f1']:.4f}.")
+    if training.get("members"):
+        lines.append("- The served model averages the members' probabilities (their own logit "
+                     "adjustments removed) before one adjustment for the ensemble.")
     if "val_accuracy" in training:
         lines.append(f"- Validation: accuracy {training['val_accuracy']:.4f}, macro F1 "
                      f"{training['val_macro_f1']:.4f}.")

@@ -61,6 +61,9 @@ def test_recipe_flags_become_pipeline_parameters(tmp_path):
     evaluate = yaml.safe_load(text)["root"]["dag"]["tasks"]["evaluate-op"]["inputs"]["parameters"]
     assert evaluate["classic_baseline"] == {"componentInputParameter": "classic_baseline"}
     assert evaluate["tta"] == {"componentInputParameter": "tta"}
+    select = yaml.safe_load(text)["root"]["dag"]["tasks"]["select-best-op"]["inputs"]
+    assert select["parameters"]["ensemble"] == {"componentInputParameter": "ensemble"}
+    assert "dataset" in select["artifacts"]
 
 
 def test_model_options_become_a_pipeline_parameter(tmp_path, capsys):
@@ -157,3 +160,24 @@ def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_f
     assert second["deployment"]["created"] is False
     assert "does not beat champion version 1" in second["deployment"]["reason"]
     assert sorted(p.name for p in (tmp_path / "serving" / "fer").iterdir()) == ["1"]
+
+
+def test_a_local_run_can_serve_the_ensemble_of_its_variants(small_fer, tmp_path):
+    params = profile_parameters("smoke", source=str(small_fer),
+                                serving_base=str(tmp_path / "serving"), f1_threshold=0.0,
+                                seed=12, architectures=["baseline_cnn", "configurable_cnn"],
+                                model_options={"baseline_cnn": {"dense_units": 32},
+                                               "configurable_cnn": {"filters": [8, 16]}},
+                                ensemble=True, logit_adjustment=True)
+    run = run_local(params, tmp_path / "kfp")
+    board = run["selection"]["leaderboard"]
+    assert run["selection"]["winner"] == "ensemble"
+    assert sorted(r["architecture"] for r in board[1:]) == ["baseline_cnn", "configurable_cnn"]
+    assert board[1]["val_macro_f1"] >= board[2]["val_macro_f1"]  # members best first
+    version_dir = tmp_path / "serving" / "fer" / "1"
+    check_served_model(version_dir)
+    training = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())["training"]
+    assert training["architecture"] == "ensemble"
+    assert sorted(m["architecture"] for m in training["members"]) == ["baseline_cnn",
+                                                                      "configurable_cnn"]
+    assert "ensemble" in format_run_summary(run)

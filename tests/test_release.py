@@ -77,8 +77,29 @@ def test_card_names_the_recipe_and_builder_arguments(evaluated_export):
     assert "to the power 0.65, chosen on validation (macro F1 0.4321 before it)" in card
     # without a recipe (an older export) the card still renders, without those lines
     plain = model_card({**metrics, "training": {}}, "runs/serving/fer/3", 7_000_000)
-    for line in ("- Builder arguments", "- Recipe", "- Logit adjustment"):
+    for line in ("- Builder arguments", "- Recipe", "- Logit adjustment", "- Member"):
         assert line not in plain
+
+
+def test_card_lists_an_ensembles_members(evaluated_export):
+    _, metrics = evaluated_export
+    member = {"architecture": "configurable_cnn", "parameters": 1000, "epochs_run": 55,
+              "train_seconds": 4286.0, "val_accuracy": 0.62, "val_macro_f1": 0.55,
+              "config": {"optimizer": "adam", "schedule": "cosine", "augmentation": "light",
+                         "seed": 42, "model_kwargs": {"filters": [32, 64]}}}
+    training = {"architecture": "ensemble", "parameters": 3000, "val_accuracy": 0.65,
+                "val_macro_f1": 0.6, "train_seconds": 9000.0,
+                "members": [member, {**member, "parameters": 2000, "config": None,
+                                     "epochs_run": None, "train_seconds": None}]}
+    card = model_card({**metrics, "training": training}, "runs/serving/fer/4", 19_000_000)
+    assert "`ensemble`, 3,000 parameters" in card
+    assert ('- Member 0: `configurable_cnn`, 1,000 parameters, builder arguments '
+            '`{"filters": [32, 64]}`, optimizer `adam`, schedule `cosine`, augmentation '
+            '`light`, seed `42`; 55 epochs in 71 min; alone on validation: accuracy 0.6200, '
+            'macro F1 0.5500.') in card
+    assert ("- Member 1: `configurable_cnn`, 2,000 parameters; alone on validation: "
+            "accuracy 0.6200") in card
+    assert "averages the members' probabilities" in card
 
 
 # ------------------------------------------------------- a released model, in-process
