@@ -82,7 +82,7 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
             + (f"; {member['epochs_run']} epochs" if member.get("epochs_run") else "")
             + (f" in {member['train_seconds'] / 60:.0f} min" if member.get("train_seconds")
                else "")
-            + f"; alone on validation: accuracy {member['val_accuracy']:.4f}, macro F1 "
+            + f"; alone on validation, unadjusted: accuracy {member['val_accuracy']:.4f}, macro F1 "
               f"{member['val_macro_f1']:.4f}.")
     if training.get("members"):
         lines.append("- The served model averages the members' probabilities (their own logit "

@@ -95,9 +95,9 @@ def test_card_lists_an_ensembles_members(evaluated_export):
     assert "`ensemble`, 3,000 parameters" in card
     assert ('- Member 0: `configurable_cnn`, 1,000 parameters, builder arguments '
             '`{"filters": [32, 64]}`, optimizer `adam`, schedule `cosine`, augmentation '
-            '`light`, seed `42`; 55 epochs in 71 min; alone on validation: accuracy 0.6200, '
-            'macro F1 0.5500.') in card
-    assert ("- Member 1: `configurable_cnn`, 2,000 parameters; alone on validation: "
+            '`light`, seed `42`; 55 epochs in 71 min; alone on validation, unadjusted: '
+            'accuracy 0.6200, macro F1 0.5500.') in card
+    assert ("- Member 1: `configurable_cnn`, 2,000 parameters; alone on validation, unadjusted: "
             "accuracy 0.6200") in card
     assert "averages the members' probabilities" in card
 

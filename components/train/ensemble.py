@@ -3,12 +3,13 @@
 Networks trained from different seeds, recipes or architectures make partly independent
 mistakes; averaging their softmax outputs is the cheapest accuracy gain FER2013 offers once
 single networks plateau (Pramerdorfer & Kampel 2016: eight networks together 75.2%, the
-best of them alone 72.7%). :func:`ensemble` loads the members' ``model.keras``, drops their own logit
-adjustment (each was tuned for that member alone), averages their plain probabilities and,
-when asked, appends one :class:`~components.train.calibrate.PriorAdjustment` whose tau is
-chosen on the validation split for the ensemble. The result is written like a training run's
-output (``model.keras`` + ``summary.json``), so the pipeline's evaluate, export and release
-steps take it unchanged; the serving contract does not change.
+best of them alone 72.7%). :func:`ensemble` loads the members' ``model.keras``, drops their
+own logit adjustment (each was tuned for that member alone), averages their plain
+probabilities and, when asked, appends one
+:class:`~components.train.calibrate.PriorAdjustment` whose tau is chosen on the validation
+split for the ensemble. The result is written like a training run's output (``model.keras``
++ ``summary.json``), so the pipeline's evaluate, export and release steps take it
+unchanged; the serving contract does not change.
 
 :func:`combine` is the pipeline's choice after training: the best member by val macro F1,
 or the ensemble of all of them.
@@ -106,8 +107,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     plain = _scores(val_set.labels, val_proba)
     adjustment = None
     if logit_adjustment:
-        prior = class_prior(train_set.labels) if len(train_set) else np.full(
-            NUM_CLASSES, 1 / NUM_CLASSES)
+        prior = class_prior(train_set.labels)  # add-one smoothed: uniform without train
         tau, _ = choose_tau(val_proba, val_set.labels, prior)
         model = with_prior_adjustment(model, prior, tau)
         val_proba = adjust(val_proba, prior, tau)
