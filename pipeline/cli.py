@@ -6,7 +6,7 @@ Subcommands:
   compile  write the pipeline's KFP IR YAML (for a Kubeflow Pipelines cluster)
   submit   start a run of the pipeline on a Kubeflow Pipelines cluster
   predict  emotions of the faces in photos, from a served model (REST or gRPC)
-  ensemble average models that runs trained; evaluate, gate, export and deploy the result
+  deploy   evaluate, gate, export and deploy models that runs trained (several: an ensemble)
   release  make a deployed version the package's bundled model
 """
 
@@ -169,11 +169,11 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from pipeline.ensemble_run import ensemble_and_deploy
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from pipeline.deploy_models import evaluate_and_deploy
 
     try:
-        result = ensemble_and_deploy(args.models, args.dataset, args.out, args.serving_base,
+        result = evaluate_and_deploy(args.models, args.dataset, args.out, args.serving_base,
                                      args.model_name, args.tta, args.logit_adjustment,
                                      args.f1_threshold, args.min_improvement)
     except (ValueError, FileNotFoundError) as exc:
@@ -371,25 +371,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     from components.train.tta import TTA_MODES
 
-    ens = sub.add_parser("ensemble", help="average trained models; gate, export, deploy",
-                         description="Average the models that earlier runs trained (their "
-                         "train-op/model directories), calibrate the average on val, then "
-                         "evaluate, gate, export and deploy it like a run's winner. The "
-                         "members must come from runs on the same source, seed and split "
-                         "fractions as --dataset.")
-    ens.add_argument("models", nargs="+", help="trained model directories (model.keras)")
-    ens.add_argument("--dataset", required=True,
+    dep = sub.add_parser("deploy", help="evaluate, gate, export and deploy trained models",
+                         description="Run the pipeline's evaluate, gate, export and deploy "
+                         "steps on models that earlier runs trained (their train-op/model "
+                         "directories): one as it is, e.g. with another --tta, or several "
+                         "averaged into an ensemble calibrated on val. The models must come "
+                         "from runs on the same source, seed and split fractions as --dataset.")
+    dep.add_argument("models", nargs="+", help="trained model directories (model.keras)")
+    dep.add_argument("--dataset", required=True,
                      help="the runs' split dataset (a preprocess-op/splits directory)")
-    ens.add_argument("--out", default="runs/ensemble",
-                     help="work directory: model/, evaluation/, saved_model/ "
+    dep.add_argument("--out", default="runs/deploy",
+                     help="work directory: model/ (an ensemble), evaluation/, saved_model/ "
                           "(default: %(default)s)")
-    ens.add_argument("--serving-base", default="runs/serving")
-    ens.add_argument("--model-name", default="fer")
-    ens.add_argument("--tta", choices=TTA_MODES, default="none")
-    ens.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction, default=True)
-    ens.add_argument("--f1-threshold", type=float, default=0.0)
-    ens.add_argument("--min-improvement", type=float, default=0.0)
-    ens.set_defaults(func=_cmd_ensemble)
+    dep.add_argument("--serving-base", default="runs/serving")
+    dep.add_argument("--model-name", default="fer")
+    dep.add_argument("--tta", choices=TTA_MODES, default="none")
+    dep.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction, default=True,
+                     help="an ensemble's prior correction, tuned on val (default: on)")
+    dep.add_argument("--f1-threshold", type=float, default=0.0)
+    dep.add_argument("--min-improvement", type=float, default=0.0)
+    dep.set_defaults(func=_cmd_deploy)
 
     rel = sub.add_parser("release", help="make a deployed version the bundled model",
                          description="Copy a deployed SavedModel version into the package "

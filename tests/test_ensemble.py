@@ -111,11 +111,12 @@ def test_members_that_do_not_fit_together_are_refused(members, prepared, tmp_pat
         build_ensemble([seven, five])
 
 
-def test_the_ensemble_command_gates_exports_and_deploys_it(members, prepared, tmp_path, capsys):
+def test_the_deploy_command_gates_exports_and_deploys_an_ensemble(members, prepared, tmp_path,
+                                                                  capsys):
     from pipeline.cli import main
 
     base = tmp_path / "serving"
-    argv = ["ensemble", *map(str, members), "--dataset", str(prepared / "dataset"),
+    argv = ["deploy", *map(str, members), "--dataset", str(prepared / "dataset"),
             "--serving-base", str(base), "--tta", "flip"]
     assert main([*argv, "--out", str(tmp_path / "work")]) == 0
     out = capsys.readouterr().out
@@ -126,6 +127,15 @@ def test_the_ensemble_command_gates_exports_and_deploys_it(members, prepared, tm
     assert main([*argv, "--out", str(tmp_path / "again"), "--min-improvement", "0.01"]) == 1
     assert "not deployed" in capsys.readouterr().out
     assert sorted(p.name for p in (base / "fer").iterdir()) == ["1"]
-    assert main(["ensemble", str(members[0]), "--dataset", str(prepared / "dataset"),
-                 "--out", str(tmp_path / "one"), "--serving-base", str(base)]) == 2
-    assert "at least 2" in capsys.readouterr().err
+    # one model is deployed as it is, here with crops TTA
+    assert main(["deploy", str(members[1]), "--dataset", str(prepared / "dataset"),
+                 "--out", str(tmp_path / "one"), "--serving-base", str(tmp_path / "single"),
+                 "--tta", "crops"]) == 0
+    assert not (tmp_path / "one" / "model").exists()
+    metrics = json.loads((tmp_path / "single" / "fer" / "1" / "assets.extra" /
+                          "metrics.json").read_text())
+    assert metrics["training"]["architecture"] == "configurable_cnn"
+    assert metrics["tta"] == "crops"
+    assert main(["deploy", str(tmp_path / "missing"), "--dataset", str(prepared / "dataset"),
+                 "--serving-base", str(base)]) == 2
+    assert "no model.keras in:" in capsys.readouterr().err

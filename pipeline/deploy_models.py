@@ -1,0 +1,53 @@
+"""``fer-pipeline deploy``: the pipeline's evaluate, gate, export and deploy steps for models
+that earlier runs trained: one as it is, or several averaged into an ensemble first.
+
+    fer-pipeline deploy RUN_A/.../train-op/model RUN_B/.../train-op/model \\
+        --dataset RUN_A/.../preprocess-op/splits --serving-base runs/serving --tta crops
+
+Use it to serve a trained model with another test-time augmentation, or to combine the
+winners of separate runs. The models must have been trained on the train split of
+``--dataset`` (same source, seed and fractions), so that its val split, which calibrates an
+ensemble, and its test split, which gates it, are held out for all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.deploy import deploy, find_champion
+from components.evaluate import evaluate, format_evaluation
+from components.export import export
+from components.train.ensemble import ensemble
+from components.train.train import MODEL_FILE
+
+
+def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str | Path,
+                        serving_base: str, model_name: str = "fer", tta: str = "none",
+                        logit_adjustment: bool = True, f1_threshold: float = 0.0,
+                        min_improvement: float = 0.0) -> dict[str, Any]:
+    """Evaluate the model in ``model_dirs`` (several: their ensemble, built in
+    ``work_dir/model``) on the held-out split against the champion deployed under
+    ``serving_base``; when the gate passes, export it to ``work_dir/saved_model`` and deploy
+    it as the next version. ``logit_adjustment`` applies to an ensemble only: a single
+    model keeps what it was trained with."""
+    if not model_dirs:
+        raise ValueError("no trained model given")
+    missing = [str(d) for d in model_dirs if not (Path(d) / MODEL_FILE).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no {MODEL_FILE} in: {', '.join(missing)}")
+    work_dir = Path(work_dir)
+    summary = None
+    model_dir = Path(model_dirs[0])
+    if len(model_dirs) > 1:
+        model_dir = work_dir / "model"
+        summary = ensemble(model_dirs, dataset_dir, model_dir, logit_adjustment)
+    champion = find_champion(serving_base, model_name)
+    metrics = evaluate(model_dir, dataset_dir, work_dir / "evaluation", f1_threshold,
+                       min_improvement, champion, tta=tta)
+    print(format_evaluation(metrics), flush=True)
+    result = {"ensemble": summary, "evaluation": metrics, "deployment": None}
+    if metrics["gate"]["passed"]:
+        export(model_dir, dataset_dir, work_dir / "saved_model", metrics, tta=tta)
+        result["deployment"] = deploy(work_dir / "saved_model", serving_base, model_name)
+    return result
