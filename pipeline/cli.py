@@ -175,7 +175,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     try:
         result = evaluate_and_deploy(args.models, args.dataset, args.out, args.serving_base,
                                      args.model_name, args.tta, args.logit_adjustment,
-                                     args.f1_threshold, args.min_improvement)
+                                     args.f1_threshold, args.min_improvement,
+                                     args.classic_baseline)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an ensemble's prior correction, tuned on val (default: on)")
     dep.add_argument("--f1-threshold", type=float, default=0.0)
     dep.add_argument("--min-improvement", type=float, default=0.0)
+    dep.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
+                     default=False, help="also fit HOG + linear SVM and report it beside "
+                     "the model (the model card quotes it)")
     dep.set_defaults(func=_cmd_deploy)
 
     rel = sub.add_parser("release", help="make a deployed version the bundled model",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.baseline import classic_baseline as fit_classic_baseline
 from components.deploy import deploy, find_champion
 from components.evaluate import evaluate, format_evaluation
 from components.export import export
@@ -25,12 +26,14 @@ from components.train.train import MODEL_FILE
 def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str | Path,
                         serving_base: str, model_name: str = "fer", tta: str = "none",
                         logit_adjustment: bool = True, f1_threshold: float = 0.0,
-                        min_improvement: float = 0.0) -> dict[str, Any]:
+                        min_improvement: float = 0.0,
+                        classic_baseline: bool = False) -> dict[str, Any]:
     """Evaluate the model in ``model_dirs`` (several: their ensemble, built in
     ``work_dir/model``) on the held-out split against the champion deployed under
     ``serving_base``; when the gate passes, export it to ``work_dir/saved_model`` and deploy
     it as the next version. ``logit_adjustment`` applies to an ensemble only: a single
-    model keeps what it was trained with."""
+    model keeps what it was trained with. ``classic_baseline``: also fit HOG + linear SVM
+    and report it beside the model, as the pipeline's parameter of that name does."""
     if not model_dirs:
         raise ValueError("no trained model given")
     missing = [str(d) for d in model_dirs if not (Path(d) / MODEL_FILE).is_file()]
@@ -43,8 +46,9 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
         model_dir = work_dir / "model"
         summary = ensemble(model_dirs, dataset_dir, model_dir, logit_adjustment)
     champion = find_champion(serving_base, model_name)
+    baseline = fit_classic_baseline(dataset_dir) if classic_baseline else None
     metrics = evaluate(model_dir, dataset_dir, work_dir / "evaluation", f1_threshold,
-                       min_improvement, champion, tta=tta)
+                       min_improvement, champion, tta=tta, baseline=baseline)
     print(format_evaluation(metrics), flush=True)
     result = {"ensemble": summary, "evaluation": metrics, "deployment": None}
     if metrics["gate"]["passed"]:

@@ -19,9 +19,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # of four double-conv blocks (32-256 filters, 75-85 s an epoch here), light dropout,
     # light augmentation, Adam on a cosine schedule that anneals to 0 by the last epoch,
     # 12-view crop averaging at test and serving time (val accuracy 0.658 against 0.633 with
-    # flip averaging and 0.621 with none, for the same trained net). No class weights: in a budget this short,
-    # FER2013's (disgust x9.4) make the net collapse onto the rare class in its first epochs;
-    # logit adjustment after training gives the rare classes their due instead.
+    # flip averaging and 0.621 with none, for the same trained net). No class weights: in a
+    # budget this short, FER2013's (disgust x9.4) make the net collapse onto the rare class in
+    # its first epochs; logit adjustment after training gives the rare classes their due
+    # instead.
     "cpu": {
         "architectures": ["configurable_cnn"],
         "model_options": {"configurable_cnn": {"filters": [32, 64, 128, 256], "depth": 2,

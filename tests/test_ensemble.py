@@ -130,12 +130,13 @@ def test_the_deploy_command_gates_exports_and_deploys_an_ensemble(members, prepa
     # one model is deployed as it is, here with crops TTA
     assert main(["deploy", str(members[1]), "--dataset", str(prepared / "dataset"),
                  "--out", str(tmp_path / "one"), "--serving-base", str(tmp_path / "single"),
-                 "--tta", "crops"]) == 0
+                 "--tta", "crops", "--classic-baseline"]) == 0
     assert not (tmp_path / "one" / "model").exists()
     metrics = json.loads((tmp_path / "single" / "fer" / "1" / "assets.extra" /
                           "metrics.json").read_text())
     assert metrics["training"]["architecture"] == "configurable_cnn"
     assert metrics["tta"] == "crops"
+    assert 0.0 <= metrics["baseline"]["accuracy"] <= 1.0  # HOG + SVM, reported beside it
     assert main(["deploy", str(tmp_path / "missing"), "--dataset", str(prepared / "dataset"),
                  "--serving-base", str(base)]) == 2
     assert "no model.keras in:" in capsys.readouterr().err
