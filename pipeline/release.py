@@ -122,8 +122,8 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         "",
         "## Known limits",
         "",
-        f"- Weakest class: {worst} (F1 {metrics['per_class'][worst]['f1']:.2f}); FER2013 has "
-        "only 436 disgust training faces, and fear/sad/neutral are often confused.",
+        f"- Weakest class: {worst} (F1 {metrics['per_class'][worst]['f1']:.2f}). FER2013 has "
+        "only 436 disgust training faces, and fear, sad and neutral are often confused.",
         "- FER2013 faces are low-resolution, mostly frontal, web-scraped and labelled once; "
         "about 10% of labels are thought to be wrong. Accuracy on other populations, poses, "
         "lighting or cameras is unmeasured.",
