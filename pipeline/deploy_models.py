@@ -19,8 +19,7 @@ from components.baseline import classic_baseline as fit_classic_baseline
 from components.deploy import deploy, find_champion
 from components.evaluate import evaluate, format_evaluation
 from components.export import export
-from components.train.ensemble import ensemble
-from components.train.train import MODEL_FILE
+from components.train.ensemble import ensemble, require_trained
 
 
 def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str | Path,
@@ -36,9 +35,7 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
     and report it beside the model, as the pipeline's parameter of that name does."""
     if not model_dirs:
         raise ValueError("no trained model given")
-    missing = [str(d) for d in model_dirs if not (Path(d) / MODEL_FILE).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no {MODEL_FILE} in: {', '.join(missing)}")
+    require_trained(model_dirs)
     work_dir = Path(work_dir)
     summary = None
     model_dir = Path(model_dirs[0])

@@ -19,7 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import layers, ops
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from components.labels import NUM_CLASSES
 
@@ -94,3 +94,29 @@ def with_prior_adjustment(model: keras.Model, prior: Sequence[float], tau: float
                          f"{model.output_shape[-1]}")
     outputs = PriorAdjustment(prior, tau, name="prior_adjustment")(model.output)
     return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def val_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """``val_accuracy`` and ``val_macro_f1`` of the argmax of ``probabilities``."""
+    pred = np.asarray(probabilities).argmax(axis=1)
+    return {"val_accuracy": round(float(accuracy_score(labels, pred)), 6),
+            "val_macro_f1": round(float(f1_score(labels, pred, average="macro",
+                                                 labels=list(range(NUM_CLASSES)),
+                                                 zero_division=0)), 6)}
+
+
+def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: np.ndarray,
+                         train_labels: np.ndarray
+                         ) -> tuple[keras.Model, np.ndarray, dict[str, Any]]:
+    """Choose tau on val for ``model``, whose plain val probabilities are ``val_proba``.
+
+    Returns the model with the :class:`PriorAdjustment` head, the adjusted val
+    probabilities and the record a summary keeps (tau, prior, val figures before it).
+    """
+    prior = class_prior(train_labels)  # add-one smoothed: uniform without train labels
+    tau, sweep = choose_tau(val_proba, val_labels, prior)
+    plain = next(r for r in sweep if r["tau"] == 0.0)
+    record = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
+              "val_accuracy_unadjusted": round(plain["accuracy"], 6),
+              "val_macro_f1_unadjusted": round(plain["macro_f1"], 6)}
+    return with_prior_adjustment(model, prior, tau), adjust(val_proba, prior, tau), record

@@ -24,20 +24,19 @@ from typing import Any
 import keras
 import numpy as np
 from keras import layers
-from sklearn.metrics import accuracy_score, f1_score
 
 from components.dataset import TRAIN, VAL, DataError, FaceDataset, read_json, write_json
-from components.labels import NUM_CLASSES
-from components.train.calibrate import (
-    PriorAdjustment,
-    adjust,
-    choose_tau,
-    class_prior,
-    with_prior_adjustment,
-)
+from components.train.calibrate import PriorAdjustment, fit_prior_adjustment, val_scores
 from components.train.train import MODEL_FILE, SUMMARY_FILE, predict_proba, select_best
 
 ENSEMBLE = "ensemble"
+
+
+def require_trained(model_dirs: Sequence[str | Path]) -> None:
+    """Raise :class:`FileNotFoundError` naming every directory without a ``model.keras``."""
+    missing = [str(d) for d in model_dirs if not (Path(d) / MODEL_FILE).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no {MODEL_FILE} in: {', '.join(missing)}")
 
 
 def without_prior_adjustment(model: keras.Model) -> keras.Model:
@@ -75,9 +74,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     """
     if len(model_dirs) < 2:
         raise ValueError(f"an ensemble needs at least 2 trained models, got {len(model_dirs)}")
-    missing = [str(d) for d in model_dirs if not (Path(d) / MODEL_FILE).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no {MODEL_FILE} in: {', '.join(missing)}")
+    require_trained(model_dirs)
     data = FaceDataset.load(dataset_dir)
     train_set, val_set = data.split(TRAIN), data.split(VAL)
     if len(val_set) == 0:
@@ -94,7 +91,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
                      "config": trained.get("config"),
                      "epochs_run": trained.get("epochs_run"),
                      "train_seconds": trained.get("train_seconds"),
-                     **_scores(val_set.labels, proba)})
+                     **val_scores(val_set.labels, proba)})
         members.append(member)
         probabilities.append(proba)
         print(f"[ensemble] member {len(members) - 1} {rows[-1]['architecture']} "
@@ -104,16 +101,10 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
 
     model = build_ensemble(members)
     val_proba = np.mean(probabilities, axis=0)
-    plain = _scores(val_set.labels, val_proba)
     adjustment = None
     if logit_adjustment:
-        prior = class_prior(train_set.labels)  # add-one smoothed: uniform without train
-        tau, _ = choose_tau(val_proba, val_set.labels, prior)
-        model = with_prior_adjustment(model, prior, tau)
-        val_proba = adjust(val_proba, prior, tau)
-        adjustment = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
-                      "val_accuracy_unadjusted": plain["val_accuracy"],
-                      "val_macro_f1_unadjusted": plain["val_macro_f1"]}
+        model, val_proba, adjustment = fit_prior_adjustment(model, val_proba, val_set.labels,
+                                                            train_set.labels)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(output_dir / MODEL_FILE)
@@ -125,15 +116,15 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
         "train_items": len(train_set),
         "val_items": len(val_set),
         "train_seconds": round(float(sum(seconds)), 2) if seconds else None,
-        **_scores(val_set.labels, val_proba),
+        **val_scores(val_set.labels, val_proba),
         "logit_adjustment": adjustment,
     }
     write_json(output_dir / SUMMARY_FILE, summary)
     print(f"[ensemble] {len(members)} members: val accuracy {summary['val_accuracy']:.4f}, "
           f"macro F1 {summary['val_macro_f1']:.4f}"
           + (f" (logit adjustment tau {adjustment['tau']:.2f}; before it "
-             f"{plain['val_accuracy']:.4f} / {plain['val_macro_f1']:.4f})"
-             if adjustment else ""), flush=True)
+             f"{adjustment['val_accuracy_unadjusted']:.4f} / "
+             f"{adjustment['val_macro_f1_unadjusted']:.4f})" if adjustment else ""), flush=True)
     return summary
 
 
@@ -158,10 +149,3 @@ def combine(model_dirs: Sequence[str | Path], output_dir: str | Path,
                      "val_accuracy": summary["val_accuracy"], "epochs_run": None})
     return {"winner": ENSEMBLE, "leaderboard": board}
 
-
-def _scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    pred = probabilities.argmax(axis=1)
-    return {"val_accuracy": round(float(accuracy_score(labels, pred)), 6),
-            "val_macro_f1": round(float(f1_score(labels, pred, average="macro",
-                                                 labels=list(range(NUM_CLASSES)),
-                                                 zero_division=0)), 6)}

@@ -34,7 +34,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
-from sklearn.metrics import accuracy_score, f1_score
 
 from components.class_weights import load_class_weights
 from components.dataset import TRAIN, VAL, DataError, FaceDataset, read_json, write_json
@@ -44,7 +43,7 @@ from components.train.augment import (
     augmentation_from_preset,
     with_augmentation,
 )
-from components.train.calibrate import adjust, choose_tau, class_prior, with_prior_adjustment
+from components.train.calibrate import fit_prior_adjustment, val_scores
 from components.train.models import INPUT_SHAPE, build_model, freeze_base, unfreeze_base
 
 log = logging.getLogger(__name__)
@@ -305,18 +304,9 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     val_proba = predict_proba(model, val_set.images)
     adjustment = None
     if config.logit_adjustment:
-        prior = class_prior(train_set.labels)
-        tau, sweep = choose_tau(val_proba, val_set.labels, prior)
-        plain, best = (next(r for r in sweep if r["tau"] == t) for t in (0.0, tau))
-        model = with_prior_adjustment(model, prior, tau)
-        val_proba = adjust(val_proba, prior, tau)
-        adjustment = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
-                      "val_accuracy_unadjusted": round(plain["accuracy"], 6),
-                      "val_macro_f1_unadjusted": round(plain["macro_f1"], 6)}
-        print(f"[train] logit adjustment: tau {tau:.2f} (val macro F1 "
-              f"{plain['macro_f1']:.4f} -> {best['macro_f1']:.4f})", flush=True)
+        model, val_proba, adjustment = fit_prior_adjustment(model, val_proba, val_set.labels,
+                                                            train_set.labels)
     model.save(output_dir / MODEL_FILE)
-    val_pred = val_proba.argmax(axis=1)
     summary = {
         "architecture": config.architecture,
         "config": asdict(config),
@@ -327,11 +317,13 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
         "train_seconds": round(seconds, 2),
         "replicas": int(strategy.num_replicas_in_sync),
         "mixed_precision": mixed,
-        "val_accuracy": round(float(accuracy_score(val_set.labels, val_pred)), 6),
-        "val_macro_f1": round(float(f1_score(val_set.labels, val_pred, average="macro",
-                                             labels=list(range(NUM_CLASSES)), zero_division=0)), 6),
+        **val_scores(val_set.labels, val_proba),
         "logit_adjustment": adjustment,
     }
+    if adjustment:
+        print(f"[train] logit adjustment: tau {adjustment['tau']:.2f} (val macro F1 "
+              f"{adjustment['val_macro_f1_unadjusted']:.4f} -> {summary['val_macro_f1']:.4f})",
+              flush=True)
     write_json(output_dir / "history.json", history)
     plot_history(history, output_dir / "training_curves.png", config.architecture)
     write_json(output_dir / SUMMARY_FILE, summary)
