@@ -79,8 +79,9 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
              batch_size: int, learning_rate: float, seed: int, checkpoint_root: str,
              optimizer: str, schedule: str, warmup_epochs: int, label_smoothing: float,
              class_balance: str, augmentation: str, model_options: dict,
-             logit_adjustment: bool, model: Output[Model], curves: Output[HTML]):
-    """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable."""
+             logit_adjustment: bool, tta: str, model: Output[Model], curves: Output[HTML]):
+    """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable.
+    ``tta``: the served model's test-time augmentation (val figures and tau are under it)."""
     from pathlib import Path
 
     from components.report import html_page
@@ -94,7 +95,7 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
                          optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                          label_smoothing=label_smoothing, class_balance=class_balance,
                          augmentation=augmentation, model_kwargs=kwargs,
-                         logit_adjustment=logit_adjustment)
+                         logit_adjustment=logit_adjustment, tta=tta)
     summary = train(dataset.path, weights.path, model.path, config)
     model.metadata.update({k: v for k, v in summary.items()
                            if k != "config" and v is not None})
@@ -104,7 +105,7 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble: bool,
-                   logit_adjustment: bool, best: Output[Model]) -> str:
+                   logit_adjustment: bool, tta: str, best: Output[Model]) -> str:
     """The variant with the best val macro F1 goes on, or (``ensemble``) the average of all
     the variants; returns the leaderboard (JSON)."""
     import json
@@ -112,7 +113,7 @@ def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble
     from components.train.ensemble import combine
 
     result = combine([m.path for m in models], best.path, dataset.path, ensemble,
-                     logit_adjustment)
+                     logit_adjustment, tta)
     best.metadata.update({"architecture": result["winner"]})
     print(json.dumps(result, indent=2))
     return json.dumps(result)

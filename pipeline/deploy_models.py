@@ -30,8 +30,8 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
     """Evaluate the model in ``model_dirs`` (several: their ensemble, built in
     ``work_dir/model``) on the held-out split against the champion deployed under
     ``serving_base``; when the gate passes, export it to ``work_dir/saved_model`` and deploy
-    it as the next version. ``logit_adjustment`` applies to an ensemble only: a single
-    model keeps what it was trained with. ``classic_baseline``: also fit HOG + linear SVM
+    it as the next version. ``logit_adjustment`` applies to an ensemble only (its tau is
+    chosen for ``tta``): a single model keeps what it was trained with. ``classic_baseline``: also fit HOG + linear SVM
     and report it beside the model, as the pipeline's parameter of that name does."""
     if not model_dirs:
         raise ValueError("no trained model given")
@@ -41,7 +41,7 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
     model_dir = Path(model_dirs[0])
     if len(model_dirs) > 1:
         model_dir = work_dir / "model"
-        summary = ensemble(model_dirs, dataset_dir, model_dir, logit_adjustment)
+        summary = ensemble(model_dirs, dataset_dir, model_dir, logit_adjustment, tta)
     champion = find_champion(serving_base, model_name)
     baseline = fit_classic_baseline(dataset_dir) if classic_baseline else None
     metrics = evaluate(model_dir, dataset_dir, work_dir / "evaluation", f1_threshold,

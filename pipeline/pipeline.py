@@ -142,10 +142,10 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
                 optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
                 label_smoothing=label_smoothing, class_balance=class_balance,
                 augmentation=augmentation, model_options=model_options,
-                logit_adjustment=logit_adjustment)))
+                logit_adjustment=logit_adjustment, tta=tta)))
         best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"]),
                                         dataset=prep.outputs["splits"], ensemble=ensemble,
-                                        logit_adjustment=logit_adjustment))
+                                        logit_adjustment=logit_adjustment, tta=tta))
 
         # Never cached: the champion may change between identical runs.
         evaluation = configure(evaluate_op(

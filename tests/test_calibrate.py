@@ -8,17 +8,21 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
-from components.dataset import read_json
+from components.dataset import VAL, FaceDataset, read_json
 from components.export import export
 from components.train import TrainConfig, build_model, train
 from components.train.calibrate import (
+    TAU_GRID,
     PriorAdjustment,
     adjust,
     choose_tau,
     class_prior,
+    fit_prior_adjustment,
+    served,
     with_prior_adjustment,
 )
 from components.train.train import MODEL_FILE, SUMMARY_FILE
+from components.train.tta import view_probabilities, with_tta
 
 
 def prior_biased_classifier(n: int, prior: np.ndarray, seed: int = 0):
@@ -57,6 +61,41 @@ def test_a_balanced_prior_changes_nothing_and_tau_stays_zero():
         choose_tau(probs[:5], labels, uniform)
 
 
+def test_under_tta_tau_is_scored_on_the_mean_of_the_adjusted_views():
+    # Two views of the same faces (the second with its own noise): the tau searched is the
+    # one best for their served mean, not for a single view.
+    first, labels = prior_biased_classifier(3000, FER_PRIOR, seed=1)
+    second = adjust(first * np.exp(np.random.default_rng(2).normal(0, 0.5, first.shape)),
+                    FER_PRIOR, 0.0)  # renormalised
+    views = np.stack([first, second])
+    tau, sweep = choose_tau(views, labels, FER_PRIOR)
+    by_hand = [f1_score(labels, ((adjust(first, FER_PRIOR, t) + adjust(second, FER_PRIOR, t))
+                                 / 2).argmax(1), average="macro") for t in TAU_GRID]
+    np.testing.assert_allclose([r["macro_f1"] for r in sweep], by_hand, atol=1e-12)
+    assert tau == TAU_GRID[int(np.argmax(by_hand))]
+    np.testing.assert_allclose(served(first[None], FER_PRIOR, 0.7), adjust(first, FER_PRIOR, 0.7))
+    with pytest.raises(ValueError, match=r"\[N,K\] or \[views,N,K\]"):
+        served(first[0], FER_PRIOR, 0.5)
+    with pytest.raises(ValueError, match="one probability row per label"):
+        choose_tau(views[:, :10], labels, FER_PRIOR)
+
+
+def test_the_tta_graph_serves_what_the_tau_was_fit_on(prepared):
+    model = build_model("baseline_cnn", filters=(4, 8), dense_units=8)
+    data = FaceDataset.load(prepared / "dataset")
+    faces = data.split(VAL).images[..., None].astype("float32")
+    labels = data.split(VAL).labels
+    for mode, count in (("none", 1), ("flip", 2), ("crops", 12)):
+        views = view_probabilities(model, faces, mode, batch_size=16)  # several batches
+        assert views.shape == (count, len(faces), 7)
+        np.testing.assert_allclose(views.mean(0), with_tta(model, mode).predict(faces, verbose=0),
+                                   atol=1e-5)
+    adjusted, val_proba, record = fit_prior_adjustment(model, views, labels, labels)
+    assert val_proba.shape == (len(faces), 7) and record["tau"] in TAU_GRID
+    np.testing.assert_allclose(with_tta(adjusted, "crops").predict(faces, verbose=0), val_proba,
+                               atol=1e-5)
+
+
 def test_class_prior_is_smoothed_frequencies():
     prior = class_prior(np.array([0, 0, 0, 3]), num_classes=4)
     np.testing.assert_allclose(prior, np.array([4, 1, 1, 2]) / 8)
@@ -93,7 +132,7 @@ def test_training_appends_the_adjustment_and_the_export_serves_it(prepared, tmp_
     out = tmp_path / "model"
     summary = train(prepared / "dataset", prepared / "class_weights.json", out,
                     TrainConfig(epochs=1, batch_size=32, seed=4, class_balance="none",
-                                logit_adjustment=True))
+                                logit_adjustment=True, tta="flip"))
     adjustment = summary["logit_adjustment"]
     assert 0.0 <= adjustment["tau"] <= 2.0 and len(adjustment["prior"]) == 7
     assert summary["val_macro_f1"] >= adjustment["val_macro_f1_unadjusted"]
@@ -101,12 +140,22 @@ def test_training_appends_the_adjustment_and_the_export_serves_it(prepared, tmp_
     model = keras.models.load_model(out / MODEL_FILE)
     assert model.layers[-1].name == "prior_adjustment"
     assert model.layers[-1].tau == adjustment["tau"]
+    # tau and the val figures are those of the model served with flip averaging
+    val = FaceDataset.load(prepared / "dataset").split(VAL)
+    pred = with_tta(model, "flip").predict(val.images[..., None].astype("float32"),
+                                           verbose=0).argmax(1)
+    assert summary["val_tta"] == "flip"
+    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == val.labels)),
+                                                    abs=1e-6)
+    assert summary["val_macro_f1"] == pytest.approx(
+        f1_score(val.labels, pred, labels=list(range(7)), average="macro", zero_division=0),
+        abs=1e-6)
     # the served graph (here with flip TTA on top) carries it: export checks itself
     result = export(out, prepared / "dataset", tmp_path / "sm", tta="flip")
     assert result["tta"] == "flip"
 
     plain = train(prepared / "dataset", None, tmp_path / "plain",
                   TrainConfig(epochs=1, batch_size=32, seed=4, class_balance="none"))
-    assert plain["logit_adjustment"] is None
+    assert plain["logit_adjustment"] is None and plain["val_tta"] == "none"
     assert keras.models.load_model(tmp_path / "plain" / MODEL_FILE).layers[-1].name == \
         "predictions"

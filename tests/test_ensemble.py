@@ -22,6 +22,7 @@ from components.train.ensemble import (
 )
 from components.train.models import build_model
 from components.train.train import MODEL_FILE, SUMMARY_FILE
+from components.train.tta import with_tta
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,19 @@ def test_the_ensemble_is_the_mean_of_its_members_then_one_adjustment(members, pr
     assert [m["architecture"] for m in summary["members"]] == ["baseline_cnn",
                                                                "configurable_cnn"]
     assert read_json(tmp_path / "ens" / SUMMARY_FILE) == summary
+
+
+def test_under_tta_the_ensemble_is_calibrated_on_what_it_serves(members, prepared, tmp_path):
+    summary = ensemble(members, prepared / "dataset", tmp_path / "ens", tta="crops")
+    model = keras.models.load_model(tmp_path / "ens" / MODEL_FILE)
+    val = FaceDataset.load(prepared / "dataset").split(VAL)
+    pred = with_tta(model, "crops").predict(val.images[..., None].astype("float32"),
+                                            verbose=0).argmax(1)
+    assert summary["val_tta"] == "crops"
+    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == val.labels)),
+                                                    abs=1e-6)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        ensemble(members, prepared / "dataset", tmp_path / "bad", tta="ten-crop")
 
 
 def test_the_exported_ensemble_serves_the_same_probabilities(members, prepared, tmp_path):

@@ -35,24 +35,44 @@ def class_prior(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarra
 
 
 def adjust(probabilities: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
-    """``probabilities / prior**tau``, renormalised (the layer's computation, in NumPy)."""
+    """``probabilities / prior**tau``, renormalised over the last axis (the layer's
+    computation, in NumPy)."""
     scores = np.log(np.asarray(probabilities, np.float64) + _EPS) - tau * np.log(prior)
-    scores -= scores.max(axis=1, keepdims=True)
+    scores -= scores.max(axis=-1, keepdims=True)
     e = np.exp(scores)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def served(probabilities: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """What a model with the adjustment serves: [N,K] probabilities adjusted, or [V,N,K]
+    per-view probabilities (``components.train.tta.view_probabilities``) each adjusted, then
+    averaged over the views, as the TTA graph does."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim == 2:
+        return adjust(probabilities, prior, tau)
+    if probabilities.ndim == 3:
+        return adjust(probabilities, prior, tau).mean(axis=0)
+    raise ValueError(f"probabilities must be [N,K] or [views,N,K], got shape "
+                     f"{probabilities.shape}")
 
 
 def choose_tau(probabilities: np.ndarray, labels: np.ndarray, prior: np.ndarray,
                grid: Sequence[float] = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
     """The ``tau`` of ``grid`` with the best macro F1 on (``probabilities``, ``labels``); ties
-    go to the smaller one. Returns it and the whole sweep (tau, macro F1, accuracy)."""
-    if len(probabilities) != len(labels) or len(labels) == 0:
-        raise ValueError(f"need one probability row per label, got {len(probabilities)} rows "
+    go to the smaller one. Returns it and the whole sweep (tau, macro F1, accuracy).
+
+    ``probabilities``: [N,K], or [V,N,K] for a model served with test-time augmentation:
+    tau is then scored on what that model serves (:func:`served`), the views' mean.
+    """
+    probabilities = np.asarray(probabilities)
+    rows = probabilities.shape[-2] if probabilities.ndim >= 2 else 0
+    if rows != len(labels) or len(labels) == 0:
+        raise ValueError(f"need one probability row per label, got {rows} rows "
                          f"for {len(labels)} labels")
-    classes = list(range(probabilities.shape[1]))
+    classes = list(range(probabilities.shape[-1]))
     sweep = []
     for tau in grid:
-        pred = adjust(probabilities, prior, tau).argmax(axis=1)
+        pred = served(probabilities, prior, tau).argmax(axis=1)
         sweep.append({"tau": float(tau),
                       "macro_f1": float(f1_score(labels, pred, labels=classes, average="macro",
                                                  zero_division=0)),
@@ -108,10 +128,12 @@ def val_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float
 def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: np.ndarray,
                          train_labels: np.ndarray
                          ) -> tuple[keras.Model, np.ndarray, dict[str, Any]]:
-    """Choose tau on val for ``model``, whose plain val probabilities are ``val_proba``.
+    """Choose tau on val for ``model``, whose plain val probabilities are ``val_proba``:
+    [N,K], or [V,N,K] per test-time-augmentation view when the model will be served with
+    TTA (the tau that is best for the TTA output is often not the one best without it).
 
-    Returns the model with the :class:`PriorAdjustment` head, the adjusted val
-    probabilities and the record a summary keeps (tau, prior, val figures before it).
+    Returns the model with the :class:`PriorAdjustment` head, the val probabilities it
+    serves ([N,K]) and the record a summary keeps (tau, prior, val figures before it).
     """
     prior = class_prior(train_labels)  # add-one smoothed: uniform without train labels
     tau, sweep = choose_tau(val_proba, val_labels, prior)
@@ -119,4 +141,4 @@ def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: 
     record = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
               "val_accuracy_unadjusted": round(plain["accuracy"], 6),
               "val_macro_f1_unadjusted": round(plain["macro_f1"], 6)}
-    return with_prior_adjustment(model, prior, tau), adjust(val_proba, prior, tau), record
+    return with_prior_adjustment(model, prior, tau), served(val_proba, prior, tau), record

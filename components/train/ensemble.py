@@ -27,7 +27,8 @@ from keras import layers
 
 from components.dataset import TRAIN, VAL, DataError, FaceDataset, read_json, write_json
 from components.train.calibrate import PriorAdjustment, fit_prior_adjustment, val_scores
-from components.train.train import MODEL_FILE, SUMMARY_FILE, predict_proba, select_best
+from components.train.train import MODEL_FILE, SUMMARY_FILE, select_best, to_model_input
+from components.train.tta import TTA_MODES, view_probabilities
 
 ENSEMBLE = "ensemble"
 
@@ -65,12 +66,15 @@ def build_ensemble(members: Sequence[keras.Model], name: str = ENSEMBLE) -> kera
 
 
 def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
-             output_dir: str | Path, logit_adjustment: bool = True) -> dict[str, Any]:
+             output_dir: str | Path, logit_adjustment: bool = True,
+             tta: str = "none") -> dict[str, Any]:
     """Average the models trained in ``model_dirs`` and write the ensemble to ``output_dir``.
 
     ``logit_adjustment``: append a prior adjustment whose tau maximises the ensemble's val
-    macro F1 (tau 0, none, is one of the choices). Returns the summary also written to
-    ``summary.json``: the ensemble's and each member's val accuracy and macro F1.
+    macro F1 (tau 0, none, is one of the choices). ``tta``: the test-time augmentation the
+    ensemble will be served with; the tau and the val figures are those of its output.
+    Returns the summary also written to ``summary.json``: the ensemble's and each member's
+    val accuracy and macro F1.
     """
     if len(model_dirs) < 2:
         raise ValueError(f"an ensemble needs at least 2 trained models, got {len(model_dirs)}")
@@ -80,10 +84,13 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     if len(val_set) == 0:
         raise DataError(f"{dataset_dir}: an ensemble is calibrated on val; it has no val items")
 
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     members, rows, probabilities = [], [], []
+    faces = to_model_input(val_set.images)
     for d in model_dirs:
         member = without_prior_adjustment(keras.models.load_model(Path(d) / MODEL_FILE))
-        proba = predict_proba(member, val_set.images)
+        views = view_probabilities(member, faces, tta)  # [V,N,K]
         summary_path = Path(d) / SUMMARY_FILE
         trained = read_json(summary_path) if summary_path.is_file() else {}
         rows.append({"dir": str(d), "architecture": trained.get("architecture", member.name),
@@ -91,19 +98,19 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
                      "config": trained.get("config"),
                      "epochs_run": trained.get("epochs_run"),
                      "train_seconds": trained.get("train_seconds"),
-                     **val_scores(val_set.labels, proba)})
+                     **val_scores(val_set.labels, views.mean(axis=0))})
         members.append(member)
-        probabilities.append(proba)
+        probabilities.append(views)
         print(f"[ensemble] member {len(members) - 1} {rows[-1]['architecture']} "
               f"({rows[-1]['parameters']:,} parameters): val accuracy "
               f"{rows[-1]['val_accuracy']:.4f}, macro F1 {rows[-1]['val_macro_f1']:.4f}",
               flush=True)
 
     model = build_ensemble(members)
-    val_proba = np.mean(probabilities, axis=0)
-    adjustment = None
+    val_views = np.mean(probabilities, axis=0)  # the ensemble's, per view
+    val_proba, adjustment = val_views.mean(axis=0), None
     if logit_adjustment:
-        model, val_proba, adjustment = fit_prior_adjustment(model, val_proba, val_set.labels,
+        model, val_proba, adjustment = fit_prior_adjustment(model, val_views, val_set.labels,
                                                             train_set.labels)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +124,13 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
         "val_items": len(val_set),
         "train_seconds": round(float(sum(seconds)), 2) if seconds else None,
         **val_scores(val_set.labels, val_proba),
+        "val_tta": tta,
         "logit_adjustment": adjustment,
     }
     write_json(output_dir / SUMMARY_FILE, summary)
-    print(f"[ensemble] {len(members)} members: val accuracy {summary['val_accuracy']:.4f}, "
+    under = "" if tta == "none" else f" (TTA {tta})"
+    print(f"[ensemble] {len(members)} members: val accuracy{under} "
+          f"{summary['val_accuracy']:.4f}, "
           f"macro F1 {summary['val_macro_f1']:.4f}"
           + (f" (logit adjustment tau {adjustment['tau']:.2f}; before it "
              f"{adjustment['val_accuracy_unadjusted']:.4f} / "
@@ -130,7 +140,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
 
 def combine(model_dirs: Sequence[str | Path], output_dir: str | Path,
             dataset_dir: str | Path | None = None, use_ensemble: bool = False,
-            logit_adjustment: bool = True) -> dict[str, Any]:
+            logit_adjustment: bool = True, tta: str = "none") -> dict[str, Any]:
     """The pipeline's step after training: copy the best model by val macro F1 to
     ``output_dir`` (:func:`select_best`), or, with ``use_ensemble`` and two or more models,
     write their ensemble there. Returns the leaderboard, with the ensemble's row first when
@@ -139,7 +149,7 @@ def combine(model_dirs: Sequence[str | Path], output_dir: str | Path,
         return select_best(list(model_dirs), output_dir)
     if dataset_dir is None:
         raise ValueError("an ensemble needs the dataset (its val split calibrates it)")
-    summary = ensemble(model_dirs, dataset_dir, output_dir, logit_adjustment)
+    summary = ensemble(model_dirs, dataset_dir, output_dir, logit_adjustment, tta)
     board = [{"architecture": r["architecture"], "dir": r["dir"],
               "val_macro_f1": r["val_macro_f1"], "val_accuracy": r["val_accuracy"],
               "epochs_run": r["epochs_run"]} for r in summary["members"]]

@@ -45,6 +45,7 @@ from components.train.augment import (
 )
 from components.train.calibrate import fit_prior_adjustment, val_scores
 from components.train.models import INPUT_SHAPE, build_model, freeze_base, unfreeze_base
+from components.train.tta import TTA_MODES, view_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class TrainConfig:
     # After training: divide the probabilities by the train prior ** tau, tau chosen on val
     # for macro F1 (components.train.calibrate); model.keras then carries that head.
     logit_adjustment: bool = False
+    # The test-time augmentation the model will be served with (components.train.tta): the
+    # logit adjustment's tau and the summary's val figures are those of the TTA output.
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -91,7 +95,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("class_balance", CLASS_BALANCE),
-                              ("augmentation", tuple(AUGMENTATION_PRESETS))):
+                              ("augmentation", tuple(AUGMENTATION_PRESETS)),
+                              ("tta", TTA_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.freeze_base_epochs < self.epochs:
@@ -301,10 +306,10 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
         model = build_model(config.architecture, input_shape=INPUT_SHAPE,
                             num_classes=NUM_CLASSES, **config.model_kwargs)
         model.set_weights(trained)
-    val_proba = predict_proba(model, val_set.images)
-    adjustment = None
+    val_views = view_probabilities(model, to_model_input(val_set.images), config.tta)
+    val_proba, adjustment = val_views.mean(axis=0), None
     if config.logit_adjustment:
-        model, val_proba, adjustment = fit_prior_adjustment(model, val_proba, val_set.labels,
+        model, val_proba, adjustment = fit_prior_adjustment(model, val_views, val_set.labels,
                                                             train_set.labels)
     model.save(output_dir / MODEL_FILE)
     summary = {
@@ -318,6 +323,7 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
         "replicas": int(strategy.num_replicas_in_sync),
         "mixed_precision": mixed,
         **val_scores(val_set.labels, val_proba),
+        "val_tta": config.tta,
         "logit_adjustment": adjustment,
     }
     if adjustment:
@@ -327,7 +333,8 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     write_json(output_dir / "history.json", history)
     plot_history(history, output_dir / "training_curves.png", config.architecture)
     write_json(output_dir / SUMMARY_FILE, summary)
-    print(f"[train] {config.architecture}: val accuracy {summary['val_accuracy']:.4f}, "
+    under = "" if config.tta == "none" else f" (TTA {config.tta})"
+    print(f"[train] {config.architecture}: val accuracy{under} {summary['val_accuracy']:.4f}, "
           f"val macro F1 {summary['val_macro_f1']:.4f} after {summary['epochs_run']} epochs "
           f"({seconds:.0f} s)", flush=True)
     return summary

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 TTA_MODES = ("none", "flip", "crops")
@@ -93,3 +94,21 @@ def with_tta(model: keras.Model, mode: str = "flip", crop_size: int = CROP_SIZE)
     probabilities = model(views(inputs))
     outputs = ViewMean(views.num_views(), name="tta_mean", dtype="float32")(probabilities)
     return keras.Model(inputs, outputs, name=f"{model.name}_tta_{mode}")
+
+
+def view_probabilities(model: keras.Model, inputs: np.ndarray, mode: str = "none",
+                       batch_size: int = 256) -> np.ndarray:
+    """``model``'s probabilities for every ``mode`` view of ``inputs`` (float32 [N,H,W,C]):
+    [V,N,K], view 0 the faces themselves. Their mean over views is what :func:`with_tta`
+    serves; a calibration that will sit under the TTA (a prior adjustment) is fit on them."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+    if mode == "none":
+        return model.predict(inputs, batch_size=batch_size, verbose=0)[None]
+    views = TTAViews(mode, CROP_SIZE)
+    chunks = []
+    for start in range(0, len(inputs), batch_size):
+        batch = views(ops.convert_to_tensor(inputs[start:start + batch_size]))
+        proba = model.predict(batch, batch_size=batch_size * views.num_views(), verbose=0)
+        chunks.append(proba.reshape(views.num_views(), -1, proba.shape[-1]))
+    return np.concatenate(chunks, axis=1)
