@@ -31,8 +31,9 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
     ``work_dir/model``) on the held-out split against the champion deployed under
     ``serving_base``; when the gate passes, export it to ``work_dir/saved_model`` and deploy
     it as the next version. ``logit_adjustment`` applies to an ensemble only (its tau is
-    chosen for ``tta``): a single model keeps what it was trained with. ``classic_baseline``: also fit HOG + linear SVM
-    and report it beside the model, as the pipeline's parameter of that name does."""
+    chosen for ``tta``): a single model keeps what it was trained with.
+    ``classic_baseline``: also fit HOG + linear SVM and report it beside the model, as the
+    pipeline's parameter of that name does."""
     if not model_dirs:
         raise ValueError("no trained model given")
     require_trained(model_dirs)

@@ -78,14 +78,14 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     """
     if len(model_dirs) < 2:
         raise ValueError(f"an ensemble needs at least 2 trained models, got {len(model_dirs)}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     require_trained(model_dirs)
     data = FaceDataset.load(dataset_dir)
     train_set, val_set = data.split(TRAIN), data.split(VAL)
     if len(val_set) == 0:
         raise DataError(f"{dataset_dir}: an ensemble is calibrated on val; it has no val items")
 
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     members, rows, probabilities = [], [], []
     faces = to_model_input(val_set.images)
     for d in model_dirs:
