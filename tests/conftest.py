@@ -52,6 +52,22 @@ def face_pixels(path: Path) -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
+def served_val_predictions(model_dir: Path, dataset_dir: Path, tta: str
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The classes ``model_dir``'s model predicts for the val faces of ``dataset_dir`` when
+    served with ``tta``, and the true labels."""
+    import keras
+
+    from components.dataset import VAL, FaceDataset
+    from components.train.train import MODEL_FILE
+    from components.train.tta import with_tta
+
+    model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
+    val = FaceDataset.load(dataset_dir).split(VAL)
+    proba = with_tta(model, tta).predict(val.images[..., None].astype("float32"), verbose=0)
+    return proba.argmax(1), val.labels
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

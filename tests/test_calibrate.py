@@ -23,6 +23,7 @@ from components.train.calibrate import (
 )
 from components.train.train import MODEL_FILE, SUMMARY_FILE
 from components.train.tta import view_probabilities, with_tta
+from tests.conftest import served_val_predictions
 
 
 def prior_biased_classifier(n: int, prior: np.ndarray, seed: int = 0):
@@ -141,14 +142,11 @@ def test_training_appends_the_adjustment_and_the_export_serves_it(prepared, tmp_
     assert model.layers[-1].name == "prior_adjustment"
     assert model.layers[-1].tau == adjustment["tau"]
     # tau and the val figures are those of the model served with flip averaging
-    val = FaceDataset.load(prepared / "dataset").split(VAL)
-    pred = with_tta(model, "flip").predict(val.images[..., None].astype("float32"),
-                                           verbose=0).argmax(1)
+    pred, labels = served_val_predictions(out, prepared / "dataset", "flip")
     assert summary["val_tta"] == "flip"
-    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == val.labels)),
-                                                    abs=1e-6)
+    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == labels)), abs=1e-6)
     assert summary["val_macro_f1"] == pytest.approx(
-        f1_score(val.labels, pred, labels=list(range(7)), average="macro", zero_division=0),
+        f1_score(labels, pred, labels=list(range(7)), average="macro", zero_division=0),
         abs=1e-6)
     # the served graph (here with flip TTA on top) carries it: export checks itself
     result = export(out, prepared / "dataset", tmp_path / "sm", tta="flip")

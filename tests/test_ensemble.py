@@ -22,7 +22,7 @@ from components.train.ensemble import (
 )
 from components.train.models import build_model
 from components.train.train import MODEL_FILE, SUMMARY_FILE
-from components.train.tta import with_tta
+from tests.conftest import served_val_predictions
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,9 @@ def test_the_ensemble_is_the_mean_of_its_members_then_one_adjustment(members, pr
 
 def test_under_tta_the_ensemble_is_calibrated_on_what_it_serves(members, prepared, tmp_path):
     summary = ensemble(members, prepared / "dataset", tmp_path / "ens", tta="crops")
-    model = keras.models.load_model(tmp_path / "ens" / MODEL_FILE)
-    val = FaceDataset.load(prepared / "dataset").split(VAL)
-    pred = with_tta(model, "crops").predict(val.images[..., None].astype("float32"),
-                                            verbose=0).argmax(1)
+    pred, labels = served_val_predictions(tmp_path / "ens", prepared / "dataset", "crops")
     assert summary["val_tta"] == "crops"
-    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == val.labels)),
-                                                    abs=1e-6)
+    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == labels)), abs=1e-6)
     with pytest.raises(ValueError, match="tta must be one of"):
         ensemble(members, prepared / "dataset", tmp_path / "bad", tta="ten-crop")
 
