@@ -240,7 +240,8 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
                         help='builder arguments per architecture, e.g. '
                              '\'{"configurable_cnn": {"filters": [64, 128, 256]}}\'')
     recipe.add_argument("--tta", choices=TTA_MODES,
-                        help="test-time augmentation at evaluation and in the served model")
+                        help="test-time augmentation at evaluation and in the served model "
+                             "(the logit adjustment's power is chosen for it)")
     recipe.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction,
                         help="after training, divide the probabilities by the class prior to "
                              "a power chosen on val for macro F1 (in the served model too)")
