@@ -59,12 +59,12 @@ def served_val_predictions(model_dir: Path, dataset_dir: Path, tta: str
     import keras
 
     from components.dataset import VAL, FaceDataset
-    from components.train.train import MODEL_FILE
+    from components.train.train import MODEL_FILE, to_model_input
     from components.train.tta import with_tta
 
     model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
     val = FaceDataset.load(dataset_dir).split(VAL)
-    proba = with_tta(model, tta).predict(val.images[..., None].astype("float32"), verbose=0)
+    proba = with_tta(model, tta).predict(to_model_input(val.images), verbose=0)
     return proba.argmax(1), val.labels
 
 
