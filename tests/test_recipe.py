@@ -95,6 +95,15 @@ def test_each_optimizer_and_schedule_trains(optimizer, schedule, warmup, prepare
     assert summary["config"]["optimizer"] == optimizer
     history = json.loads((tmp_path / "history.json").read_text())
     assert np.isfinite(history["loss"]).all()
+    rates = history["learning_rate"]  # the rate at each epoch's end, as the schedule set it
+    assert len(rates) == 1 + warmup
+    peak = summary["config"]["learning_rate"]
+    if schedule == "cosine":
+        assert rates[-1] < 0.01 * peak  # the decay ends near 0
+        if warmup:  # the warm-up ends at the peak rate
+            assert rates[warmup - 1] == pytest.approx(peak)
+    else:
+        assert rates == [pytest.approx(peak)]
 
 
 def test_plateau_stops_early_where_cosine_runs_its_whole_schedule(prepared, tmp_path):

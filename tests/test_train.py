@@ -116,6 +116,10 @@ def test_killed_run_resumes_from_its_last_epoch(prepared, tmp_path, monkeypatch)
     rows = (ckpt / "history.csv").read_text().splitlines()
     assert rows[:3] == first_two
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    # the training time counts the epochs run before the kill, not only the resumed one
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert len(history["epoch_seconds"]) == 3 and min(history["epoch_seconds"]) > 0
+    assert summary["train_seconds"] == round(sum(history["epoch_seconds"]), 2)
 
 
 def test_training_needs_val(tmp_path, prepared):

@@ -1,7 +1,8 @@
 """The training step: one architecture on the train split, selected on val.
 
 Writes to ``output_dir``: ``model.keras``, ``history.json``, ``training_curves.png`` and
-``summary.json`` (architecture, epochs, val accuracy and macro F1, time). Checkpoints every
+``summary.json`` (architecture, epochs, val accuracy and macro F1, training time: that of every
+epoch, a resumed run's earlier sessions included). Checkpoints every
 epoch into ``checkpoint_dir``; a run killed at any point resumes from its last epoch, with
 the weights and optimizer state (learning-rate schedule included) of that epoch.
 
@@ -312,14 +313,17 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
         model, val_proba, adjustment = fit_prior_adjustment(model, val_views, val_set.labels,
                                                             train_set.labels)
     model.save(output_dir / MODEL_FILE)
+    epochs_run, epoch_seconds = len(history.get("loss", [])), history.get("epoch_seconds", [])
     summary = {
         "architecture": config.architecture,
         "config": asdict(config),
         "parameters": int(model.count_params()),
         "train_items": len(train_set),
         "val_items": len(val_set),
-        "epochs_run": len(history.get("loss", [])),
-        "train_seconds": round(seconds, 2),
+        "epochs_run": epochs_run,
+        # every epoch's time, those of earlier sessions included, when a run was resumed
+        "train_seconds": round(sum(epoch_seconds) if len(epoch_seconds) == epochs_run
+                               else seconds, 2),
         "replicas": int(strategy.num_replicas_in_sync),
         "mixed_precision": mixed,
         **val_scores(val_set.labels, val_proba),
@@ -365,6 +369,7 @@ def _run_phase(fit_model: keras.Model, model: keras.Model, phase: Phase, last: b
         loss=make_loss(config), metrics=["accuracy"])
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt / phase.backup)),
+        EpochRecord(),  # before CSVLogger, which writes the logs it adds
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
     ]
     if config.schedule == "plateau":  # a cosine schedule runs its whole length: stopping
@@ -384,6 +389,20 @@ def _run_phase(fit_model: keras.Model, model: keras.Model, phase: Phase, last: b
     )
     if not last:
         np.savez(marker, *fit_model.get_weights())
+
+
+class EpochRecord(keras.callbacks.Callback):
+    """Adds each epoch's wall time (``epoch_seconds``) and learning rate to its logs, so the
+    history kept across resumes says how long every epoch took and at which rate."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
