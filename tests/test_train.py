@@ -122,6 +122,29 @@ def test_killed_run_resumes_from_its_last_epoch(prepared, tmp_path, monkeypatch)
     assert summary["train_seconds"] == round(sum(history["epoch_seconds"]), 2)
 
 
+def test_resumed_run_continues_the_learning_rate_schedule(prepared, tmp_path, monkeypatch):
+    """The optimizer's step count comes back with the weights: after a kill, a cosine
+    schedule goes on where it stopped instead of starting again at its peak."""
+    ckpt = tmp_path / "ckpt"
+    config = TrainConfig(epochs=3, batch_size=32, seed=2, checkpoint_dir=str(ckpt),
+                         schedule="cosine", learning_rate=1e-3)
+    original = keras.callbacks.CSVLogger.on_epoch_end
+
+    def die_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", die_after_second_epoch)
+    with pytest.raises(Killed):
+        train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
+    monkeypatch.undo()
+    train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
+    rates = json.loads((tmp_path / "m" / "history.json").read_text())["learning_rate"]
+    # cosine decay over 3 epochs, read at each epoch's end: 0.75, 0.25, then 0 of the peak
+    np.testing.assert_allclose(rates, [0.75e-3, 0.25e-3, 0.0], atol=1e-6)
+
+
 def test_training_needs_val(tmp_path, prepared):
     data = FaceDataset.load(prepared / "dataset")
     data.subset(data.splits != "val").save(tmp_path / "noval")
