@@ -340,7 +340,7 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     under = "" if config.tta == "none" else f" (TTA {config.tta})"
     print(f"[train] {config.architecture}: val accuracy{under} {summary['val_accuracy']:.4f}, "
           f"val macro F1 {summary['val_macro_f1']:.4f} after {summary['epochs_run']} epochs "
-          f"({seconds:.0f} s)", flush=True)
+          f"({summary['train_seconds']:.0f} s)", flush=True)
     return summary
 
 
