@@ -33,7 +33,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from components.dataset import FaceDataset
 from components.ingest import ingest
-from components.labels import CLASS_NAMES, NUM_CLASSES
+from serving.contract import CLASS_NAMES, NUM_CLASSES
 from components.train.models import build_model
 from components.train.tta import TTA_MODES, TTAViews, ViewMean
 

@@ -18,8 +18,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import LinearSVC
 
-from components.dataset import IMAGE_SIZE, TEST, TRAIN, VAL, DataError, FaceDataset
-from components.labels import CLASS_NAMES, NUM_CLASSES
+from components.dataset import TRAIN, DataError, FaceDataset, held_out_split
+from serving.contract import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 
 NAME = "HOG + PCA + linear SVM"
 HOG_CELL = 8  # 8x8-pixel cells, 2x2-cell blocks, 9 orientation bins: 900 features at 48x48
@@ -82,8 +82,8 @@ def classic_baseline(dataset_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Fit on a dataset's train split and score on its test split (val when there is no
     test), the split :func:`components.evaluate.evaluate` uses. For ``evaluate(baseline=)``."""
     data = FaceDataset.load(dataset_dir)
-    split = TEST if (data.splits == TEST).any() else VAL
-    train_set, held_out = data.split(TRAIN), data.split(split)
+    split, held_out = held_out_split(data)
+    train_set = data.split(TRAIN)
     if len(train_set) == 0 or len(held_out) == 0:
         raise DataError(f"{dataset_dir}: the baseline needs train and test (or val) items")
     metrics = baseline_metrics(fit_baseline(train_set.images, train_set.labels, seed),

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from components.dataset import TRAIN, DataError, FaceDataset, read_json, write_json
-from components.labels import CLASS_NAMES, NUM_CLASSES
+from serving.contract import CLASS_NAMES, NUM_CLASSES
 
 MODES = ("balanced", "none")
 

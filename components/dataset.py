@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from components.labels import NUM_CLASSES
+from serving.contract import IMAGE_SIZE, NUM_CLASSES
 
-IMAGE_SIZE = 48
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLITS: tuple[str, ...] = (TRAIN, VAL, TEST)
 NO_SPLIT = ""  # the source said nothing about the split
@@ -81,6 +80,19 @@ class FaceDataset:
             raise DataError(f"no dataset at {directory}: {FACES_FILE} is missing")
         with np.load(path, allow_pickle=False) as data:
             return cls(data["images"], data["labels"], data["splits"], data["source_ids"])
+
+
+def held_out_split(data: FaceDataset) -> tuple[str, FaceDataset]:
+    """The split a model is judged on: test, or val when the dataset has no test items.
+    Returns its name and its items."""
+    split = TEST if (data.splits == TEST).any() else VAL
+    return split, data.split(split)
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 faces [N,48,48] -> float32 [N,48,48,1], values 0-255: the ``pixels`` input of
+    every model and of the serving contract."""
+    return images[..., None].astype(np.float32)
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 
 from google.api_core.exceptions import NotFound
 
-from components.storage import gcs_client, is_gcs_uri, split_gcs_uri
+from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 from serving.contract import ASSETS_EXTRA, METRICS_FILE
 
 DEPLOY_RECORD = f"{ASSETS_EXTRA}/deploy.json"

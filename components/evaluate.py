@@ -21,12 +21,14 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from components.dataset import TEST, VAL, DataError, FaceDataset, write_json
-from components.labels import CLASS_NAMES, NUM_CLASSES
-from components.train.train import MODEL_FILE, predict_proba
-from components.train.tta import TTA_MODES, with_tta
+from components.baseline import classic_baseline
+from components.dataset import DataError, FaceDataset, held_out_split, write_json
+from components.deploy import find_champion
+from components.train.recipe import check_tta
+from components.train.train import predict_proba
+from components.train.tta import with_tta
+from serving.contract import CLASS_NAMES, METRICS_FILE, MODEL_FILE, NUM_CLASSES
 
-METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 LABELS = list(range(NUM_CLASSES))
 
@@ -122,11 +124,9 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
     Writes ``metrics.json`` (metrics + decision) and ``confusion_matrix.png``; returns the
     metrics with the decision under ``"gate"``.
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    check_tta(tta)
     data = FaceDataset.load(dataset_dir)
-    split = TEST if (data.splits == TEST).any() else VAL
-    held_out = data.split(split)
+    split, held_out = held_out_split(data)
     if len(held_out) == 0:
         raise DataError(f"{dataset_dir}: no test or val items to evaluate on")
     model = with_tta(keras.models.load_model(Path(model_dir) / MODEL_FILE), tta)
@@ -145,6 +145,20 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
                    f"{metrics['macro_f1']:.3f}")
     write_json(output_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def evaluate_candidate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
+                       serving_base: str, model_name: str, f1_threshold: float,
+                       min_improvement: float, tta: str = "none",
+                       with_classic_baseline: bool = False) -> dict[str, Any]:
+    """The pipeline's evaluate step: :func:`evaluate` the candidate in ``model_dir`` against
+    the champion deployed as ``model_name`` under ``serving_base`` (none: the threshold
+    alone decides), beside the classic baseline when ``with_classic_baseline``. Returns
+    :func:`evaluate`'s metrics with the gate decision."""
+    champion = find_champion(serving_base, model_name)
+    baseline = classic_baseline(dataset_dir) if with_classic_baseline else None
+    return evaluate(model_dir, dataset_dir, output_dir, f1_threshold, min_improvement,
+                    champion, tta=tta, baseline=baseline)
 
 
 def format_evaluation(metrics: dict[str, Any]) -> str:

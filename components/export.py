@@ -1,12 +1,8 @@
 """Export: a self-verified SavedModel that TensorFlow Serving loads.
 
-Signatures (the serving contract):
-
-* ``serving_default``: ``pixels`` float32 [N,48,48,1], values 0-255 ->
-  ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_name`` string [N];
-* ``predict_images``: ``image_bytes`` string [N] (JPEG/PNG/GIF/BMP of any size, colour or
-  gray; decoded, turned gray and resized in the graph) -> the same outputs. REST clients
-  send ``{"b64": "..."}``.
+The signatures, their inputs and outputs are those :mod:`serving.contract` declares
+(``serving_default`` on pixels, ``predict_images`` on encoded images); this module builds
+them over a Keras model and checks the result against that declaration.
 
 ``assets.extra/`` carries the label names and the run's metrics. The export reloads what it
 wrote and refuses to emit it unless the predictions match the Keras model on real faces.
@@ -27,31 +23,32 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from components.dataset import IMAGE_SIZE, TEST, VAL, FaceDataset, write_json
-from components.labels import CLASS_NAMES, NUM_CLASSES
-from components.train.train import MODEL_FILE, to_model_input
-from components.train.tta import TTA_MODES, with_tta
+from components.dataset import FaceDataset, held_out_split, to_model_input, write_json
+from components.train.recipe import check_tta
+from components.train.tta import with_tta
 from serving.contract import (
     ASSETS_EXTRA,
-    IMAGES_INPUT,
+    CLASS_NAMES,
+    FACE_SHAPE,
+    IMAGE_SIZE,
     LABELS_FILE,
     METRICS_FILE,
-    PIXELS_INPUT,
+    MODEL_FILE,
+    NUM_CLASSES,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
+    SIGNATURES,
     WARMUP_FILE,
+    TensorInfo,
 )
 
 TOLERANCE = 1e-4
 
-PIXELS_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=PIXELS_INPUT)
-IMAGES_SPEC = tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)
-# What a served SavedModel must offer: signature -> (input name, dtype), output name -> dtype.
-CONTRACT = {
-    SIGNATURE_PIXELS: (PIXELS_INPUT, tf.float32),
-    SIGNATURE_IMAGES: (IMAGES_INPUT, tf.string),
-}
-OUTPUTS = {"probabilities": tf.float32, "class_id": tf.int64, "class_name": tf.string}
+
+def tensor_spec(info: TensorInfo) -> tf.TensorSpec:
+    """The contract's description of a tensor as a ``tf.TensorSpec``."""
+    return tf.TensorSpec(list(info.shape), tf.as_dtype(info.dtype), name=info.name)
+
 
 Endpoints = dict[str, tuple[Callable[..., dict[str, tf.Tensor]], tf.TensorSpec]]
 
@@ -90,11 +87,11 @@ def serving_endpoints(model: keras.Model) -> Endpoints:
 
     def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(decode_image, image_bytes,
-                           fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32))
+                           fn_output_signature=tf.TensorSpec(FACE_SHAPE, tf.float32))
         return predict_pixels(pixels)
 
-    return {SIGNATURE_PIXELS: (predict_pixels, PIXELS_SPEC),
-            SIGNATURE_IMAGES: (predict_images, IMAGES_SPEC)}
+    functions = {SIGNATURE_PIXELS: predict_pixels, SIGNATURE_IMAGES: predict_images}
+    return {name: (fn, tensor_spec(SIGNATURES[name].input)) for name, fn in functions.items()}
 
 
 def write_saved_model(model: keras.Model, path: Path,
@@ -126,18 +123,20 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
     inputs = {SIGNATURE_PIXELS: tf.constant(to_model_input(faces)),
               SIGNATURE_IMAGES: tf.constant([png_bytes(f) for f in faces])}
     diffs = {}
-    for name, (input_name, dtype) in CONTRACT.items():
+    for name, signature in SIGNATURES.items():
         if name not in loaded.signatures:
             raise ExportError(f"signature {name!r} is missing (has {sorted(loaded.signatures)})")
         fn = loaded.signatures[name]
         _, kwargs = fn.structured_input_signature
-        if list(kwargs) != [input_name] or kwargs[input_name].dtype != dtype:
-            raise ExportError(f"signature {name!r} takes {kwargs}, expected {input_name!r} {dtype.name}")
-        out = fn(**{input_name: inputs[name]})
-        for key, want in OUTPUTS.items():
-            if key not in out or out[key].dtype != want:
-                raise ExportError(f"signature {name!r} output {key!r} missing or not {want.name}: "
-                                  f"{ {k: v.dtype.name for k, v in out.items()} }")
+        want_in = signature.input
+        if list(kwargs) != [want_in.name] or kwargs[want_in.name].dtype.name != want_in.dtype:
+            raise ExportError(f"signature {name!r} takes {kwargs}, expected {want_in.name!r} "
+                              f"{want_in.dtype}")
+        out = fn(**{want_in.name: inputs[name]})
+        for want in signature.outputs:
+            if want.name not in out or out[want.name].dtype.name != want.dtype:
+                raise ExportError(f"signature {name!r} output {want.name!r} missing or not "
+                                  f"{want.dtype}: { {k: v.dtype.name for k, v in out.items()} }")
         probabilities = out["probabilities"].numpy()
         if probabilities.shape != (len(faces), NUM_CLASSES):
             raise ExportError(f"signature {name!r} returns probabilities of shape "
@@ -161,15 +160,15 @@ def write_warmup_requests(path: Path, faces: np.ndarray, model_name: str = "fer"
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     requests = [
-        (SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(to_model_input(faces[:1]))),
-        (SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(to_model_input(faces[:8]))),
-        (SIGNATURE_IMAGES, IMAGES_INPUT, tf.make_tensor_proto([png_bytes(f) for f in faces[:2]])),
+        (SIGNATURE_PIXELS, tf.make_tensor_proto(to_model_input(faces[:1]))),
+        (SIGNATURE_PIXELS, tf.make_tensor_proto(to_model_input(faces[:8]))),
+        (SIGNATURE_IMAGES, tf.make_tensor_proto([png_bytes(f) for f in faces[:2]])),
     ]
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature, input_name, tensor in requests:
+        for signature, tensor in requests:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-            request.inputs[input_name].CopyFrom(tensor)
+            request.inputs[SIGNATURES[signature].input.name].CopyFrom(tensor)
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
@@ -182,7 +181,7 @@ def sample_faces(dataset_dir: str | Path, model: keras.Model, n: int = 64,
     predicts on a seeded pool of 512, so each class name it can return is checked, then
     random others up to ``n``."""
     data = FaceDataset.load(dataset_dir)
-    pool = data.split(TEST) if (data.splits == TEST).any() else data.split(VAL)
+    _, pool = held_out_split(data)
     rng = np.random.default_rng(seed)
     candidates = rng.permutation(len(pool))[:512]
     predicted = model.predict(to_model_input(pool.images[candidates]), verbose=0).argmax(axis=1)
@@ -202,8 +201,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
     against the TTA model. The SavedModel is written beside ``output_dir``, verified, then
     renamed into place; on any mismatch it is deleted and :class:`ExportError` raised.
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    check_tta(tta)
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ExportError(f"{output_dir} already exists and is not empty")
@@ -228,5 +226,5 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"path": str(output_dir), "signatures": list(CONTRACT), "verified_on": len(faces),
+    return {"path": str(output_dir), "signatures": list(SIGNATURES), "verified_on": len(faces),
             "max_probability_difference": diffs, "tta": tta}

@@ -75,27 +75,18 @@ def data_report_op(dataset: Input[Dataset], weights: Input[Artifact], report: Ou
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: str, epochs: int,
-             batch_size: int, learning_rate: float, seed: int, checkpoint_root: str,
-             optimizer: str, schedule: str, warmup_epochs: int, label_smoothing: float,
-             class_balance: str, augmentation: str, model_options: dict,
-             logit_adjustment: bool, tta: str, model: Output[Model], curves: Output[HTML]):
-    """Train one architecture; checkpoints under ``checkpoint_root`` make it resumable.
-    ``tta``: the served model's test-time augmentation (val figures and tau are under it)."""
+def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: str, seed: int,
+             model_options: dict, checkpoint_root: str, recipe: dict, model: Output[Model],
+             curves: Output[HTML]):
+    """Train one architecture with the ``recipe`` (a TrainConfig as a dict); checkpoints
+    under ``checkpoint_root`` make it resumable."""
     from pathlib import Path
 
     from components.report import html_page
-    from components.train import TrainConfig, builder_kwargs, checkpoint_dir, train
+    from components.train.recipe import variant_config
+    from components.train.train import train
 
-    kwargs = builder_kwargs(model_options, architecture)
-    config = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, seed=seed,
-                         checkpoint_dir=checkpoint_dir(checkpoint_root, architecture, seed,
-                                                       kwargs),
-                         optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
-                         label_smoothing=label_smoothing, class_balance=class_balance,
-                         augmentation=augmentation, model_kwargs=kwargs,
-                         logit_adjustment=logit_adjustment, tta=tta)
+    config = variant_config(recipe, architecture, seed, model_options, checkpoint_root)
     summary = train(dataset.path, weights.path, model.path, config)
     model.metadata.update({k: v for k, v in summary.items()
                            if k != "config" and v is not None})
@@ -105,15 +96,18 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: st
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble: bool,
-                   logit_adjustment: bool, tta: str, best: Output[Model]) -> str:
+                   recipe: dict, best: Output[Model]) -> str:
     """The variant with the best val macro F1 goes on, or (``ensemble``) the average of all
-    the variants; returns the leaderboard (JSON)."""
+    the variants, calibrated and scored as the recipe serves it; returns the leaderboard
+    (JSON)."""
     import json
 
+    from components.train.recipe import TrainConfig
     from components.train.ensemble import combine
 
+    config = TrainConfig.from_dict(recipe)
     result = combine([m.path for m in models], best.path, dataset.path, ensemble,
-                     logit_adjustment, tta)
+                     config.logit_adjustment, config.tta)
     best.metadata.update({"architecture": result["winner"]})
     print(json.dumps(result, indent=2))
     return json.dumps(result)
@@ -121,25 +115,24 @@ def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str, model_name: str,
-                f1_threshold: float, min_improvement: float, tta: str, classic_baseline: bool,
-                evaluation: Output[Artifact],
+                f1_threshold: float, min_improvement: float, recipe: dict,
+                classic_baseline: bool, evaluation: Output[Artifact],
                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                 report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
-    """Held-out metrics and the gate against the deployed champion."""
+    """Held-out metrics (the model served as the recipe says) and the gate against the
+    deployed champion."""
     import json
     from collections import namedtuple
     from pathlib import Path
 
-    from components.baseline import classic_baseline as fit_classic_baseline
-    from components.deploy import find_champion
-    from components.evaluate import CONFUSION_PNG, evaluate, format_evaluation
-    from components.labels import CLASS_NAMES
+    from components.evaluate import CONFUSION_PNG, evaluate_candidate, format_evaluation
     from components.report import html_page
+    from components.train.recipe import TrainConfig
+    from serving.contract import CLASS_NAMES
 
-    champion = find_champion(serving_base, model_name)
-    baseline = fit_classic_baseline(dataset.path) if classic_baseline else None
-    result = evaluate(model.path, dataset.path, evaluation.path, f1_threshold, min_improvement,
-                      champion, tta=tta, baseline=baseline)
+    result = evaluate_candidate(model.path, dataset.path, evaluation.path, serving_base,
+                                model_name, f1_threshold, min_improvement,
+                                TrainConfig.from_dict(recipe).tta, classic_baseline)
     for key in ("accuracy", "macro_f1", "weighted_f1"):
         metrics.log_metric(key, result[key])
     for name, m in result["per_class"].items():
@@ -155,15 +148,18 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def export_op(model: Input[Model], dataset: Input[Dataset], evaluation: Input[Artifact],
-              tta: str, saved_model: Output[Model]):
+              recipe: dict, saved_model: Output[Model]):
     """A SavedModel for TF Serving, verified against the Keras model before it is emitted."""
-    import json
     from pathlib import Path
 
+    from components.dataset import read_json
     from components.export import export
+    from components.train.recipe import TrainConfig
+    from serving.contract import METRICS_FILE
 
-    metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
-    result = export(model.path, dataset.path, saved_model.path, metrics, tta=tta)
+    metrics = read_json(Path(evaluation.path) / METRICS_FILE)
+    result = export(model.path, dataset.path, saved_model.path, metrics,
+                    tta=TrainConfig.from_dict(recipe).tta)
     saved_model.metadata.update(result)
 
 

@@ -1,21 +1,12 @@
-"""FER2013 labels: the one definition imported everywhere.
+"""Class folder names -> FER2013 ids, by name, never by alphabetical order.
 
-Ids are FER2013's ``emotion`` column. Class folders map to ids *by name*
-(:func:`class_id_from_name`), never by alphabetical order.
+The label set itself (``CLASS_NAMES``) is part of the serving contract
+(:mod:`serving.contract`); this module only knows the names datasets give its folders.
 """
 
 from __future__ import annotations
 
-CLASS_NAMES: tuple[str, ...] = (
-    "angry",
-    "disgust",
-    "fear",
-    "happy",
-    "sad",
-    "surprise",
-    "neutral",
-)
-NUM_CLASSES = len(CLASS_NAMES)
+from serving.contract import NUM_CLASSES
 
 # Folder names seen in FER2013 exports and related datasets, lower-cased.
 _ALIASES: dict[str, int] = {

@@ -24,11 +24,12 @@ from components.dataset import (
     VAL,
     DataError,
     FaceDataset,
+    held_out_split,
     read_json,
     write_json,
 )
 from components.ingest.ingest import MANIFEST_FILE, counts_by_split, require_training_examples
-from components.labels import NUM_CLASSES
+from serving.contract import NUM_CLASSES
 
 REPORT_FILE = "preprocess.json"
 
@@ -85,7 +86,7 @@ def preprocess(dataset_dir: str | Path, output_dir: str | Path, val_fraction: fl
         "test_fraction": test_fraction,
         "items": len(dataset),
         "counts": counts_by_split(dataset),
-        "evaluation_split": TEST if (dataset.splits == TEST).any() else VAL,
+        "evaluation_split": held_out_split(dataset)[0],
         "duplicates": duplicates,
         "normalisation": NORMALISATION,
     }

@@ -1,4 +1,5 @@
-"""Data report: class distribution chart, sample faces, and a summary (text, Markdown, HTML).
+"""Reports for people: the data report (class distribution chart, sample faces, and a summary
+as text, Markdown and HTML), training curves, and HTML pages for the KFP UI.
 
 The HTML embeds its pictures, so it renders on its own as a KFP UI artifact.
 """
@@ -15,8 +16,8 @@ from matplotlib.figure import Figure
 
 from components.dataset import SPLITS, TRAIN, FaceDataset, read_json
 from components.ingest.ingest import MANIFEST_FILE
-from components.labels import CLASS_NAMES
 from components.preprocess import REPORT_FILE
+from serving.contract import CLASS_NAMES
 
 DISTRIBUTION_PNG = "class_distribution.png"
 SAMPLES_PNG = "sample_faces.png"
@@ -153,3 +154,24 @@ def html_page(title: str, text: str, images: list[Path]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title></head><body><h1>{html.escape(title)}</h1>"
             f"<pre>{html.escape(text)}</pre>{imgs}</body></html>\n")
+
+
+def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Loss and accuracy per epoch, train and val, from a training history (metric name ->
+    one value per epoch) as a PNG at ``path``; returns ``path``."""
+    fig = Figure(figsize=(10, 4), dpi=100)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + metric)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, marker="o",
+                        label=f"{'val' if prefix else 'train'} {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Training curves: {title}")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

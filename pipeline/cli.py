@@ -19,31 +19,38 @@ import sys
 from pathlib import Path
 
 from components.class_weights import MODES as WEIGHT_MODES
-from components.class_weights import class_weights
-from components.dataset import DataError
-from components.ingest import ingest
 from components.ingest.ingest import FORMATS, MANIFEST_FILE
-from components.preprocess import preprocess
-from components.report import data_report, format_summary
-from pipeline.local_run import PipelineRunError
+from components.train.recipe import default_value, field_type, recipe_fields
 from serving.contract import BUNDLED_MODEL_BASE
 
+# What each failure a command reports means for its exit status: the exception's class
+# (by module and name, so that no command's heavy imports are needed to read the table) ->
+# exit code. The first entry that the exception is an instance of wins; anything else is a
+# bug and shows its traceback. 2: the request was wrong (a bad setting, unusable data, a
+# missing file); 1: the work itself failed (a pipeline step, a server's answer).
+EXIT_CODES: tuple[tuple[str, int], ...] = (
+    ("pipeline.local_run.PipelineRunError", 1),
+    ("serving.client.ClientError", 1),
+    ("components.dataset.DataError", 2),
+    ("components.train.recipe.RecipeError", 2),
+    ("pipeline.submit.SubmitError", 2),
+    ("pipeline.release.ReleaseError", 2),
+    ("builtins.ValueError", 2),  # arguments a command checked (deploy's models, a profile)
+    ("builtins.OSError", 2),  # a file that is missing or unreadable
+)
 
-def run_data_steps(source: str, out: Path, data_format: str = "auto", val_fraction: float = 0.1,
-                   test_fraction: float = 0.1, seed: int = 42, drop_duplicates: bool = False,
-                   weights_mode: str = "balanced", report: bool = True,
-                   progress: bool = True, max_train_per_class: int = 0) -> dict:
-    """Run ingest -> preprocess -> class weights (-> data report) into ``out``."""
-    manifest = ingest(source, out / "ingested", data_format, progress=progress)
-    prep = preprocess(out / "ingested", out / "dataset", val_fraction, test_fraction, seed,
-                      drop_duplicates, max_train_per_class)
-    weights = class_weights(out / "dataset", out / "class_weights.json", weights_mode)
-    paths = data_report(out / "dataset", out / "report", weights) if report else {}
-    return {"manifest": manifest, "preprocess": prep, "class_weights": weights,
-            "report": {k: str(v) for k, v in paths.items()}}
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit status :data:`EXIT_CODES` gives ``exc``; ``None`` when it names none."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    return next((code for name, code in EXIT_CODES if name in names), None)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    from components.dataset import DataError
+    from components.report import format_summary
+    from pipeline.data_steps import run_data_steps
+
     out = Path(args.out)
     manifest = out / "ingested" / MANIFEST_FILE
     manifest.unlink(missing_ok=True)
@@ -66,33 +73,38 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+RECIPE_DEST = "recipe_"  # argparse dest prefix of the recipe flags
+
+
 def _pipeline_parameters(args: argparse.Namespace) -> dict:
+    """The run's pipeline parameters: the profile, the flags over it, and the recipe built
+    and checked (a bad setting raises RecipeError naming it, before anything runs)."""
     from pipeline.profiles import profile_parameters
 
     archs = [a.strip() for a in args.architectures.split(",")] if args.architectures else None
-    return profile_parameters(
-        args.profile, source=args.source, serving_base=args.serving_base,
-        model_name=args.model_name, architectures=archs, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        f1_threshold=args.f1_threshold, min_improvement=args.min_improvement, seed=args.seed,
+    recipe = {k.removeprefix(RECIPE_DEST): v for k, v in vars(args).items()
+              if k.startswith(RECIPE_DEST) and v is not None}
+    params = profile_parameters(
+        args.profile, recipe, source=args.source, serving_base=args.serving_base,
+        model_name=args.model_name, architectures=archs, f1_threshold=args.f1_threshold,
+        min_improvement=args.min_improvement, seed=args.seed,
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
-        optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing, class_balance=args.class_balance,
-        augmentation=args.augmentation, model_options=args.model_options, tta=args.tta,
-        classic_baseline=args.classic_baseline, logit_adjustment=args.logit_adjustment,
+        model_options=args.model_options, classic_baseline=args.classic_baseline,
         ensemble=args.ensemble,
     )
+    from components.train.models import MODEL_BUILDERS
+
+    unknown = sorted(set(params["architectures"]) - set(MODEL_BUILDERS))
+    if unknown:
+        raise ValueError(f"unknown architecture(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(MODEL_BUILDERS))}")
+    return params
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from components.train.models import MODEL_BUILDERS
     from pipeline.local_run import format_run_summary, run_local
 
     params = _pipeline_parameters(args)
-    unknown = sorted(set(params["architectures"]) - set(MODEL_BUILDERS))
-    if unknown:
-        raise DataError(f"unknown architecture(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(MODEL_BUILDERS))}")
     summary = run_local(params, args.pipeline_root)
     print(format_run_summary(summary))
     if args.summary_json:
@@ -117,19 +129,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.submit import SubmitError, submit
+    from pipeline.submit import submit
 
     params = _pipeline_parameters(args)
-    try:
-        result = submit(args.host, params, image=args.image, resources=_train_resources(args),
-                        volumes=tuple(args.volume),
-                        experiment=args.experiment,
-                        run_name=args.run_name, namespace=args.namespace,
-                        enable_caching=not args.no_cache, wait=args.wait,
-                        timeout_s=args.timeout, poll_s=args.poll_interval)
-    except SubmitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = submit(args.host, params, image=args.image, resources=_train_resources(args),
+                    volumes=tuple(args.volume), experiment=args.experiment,
+                    run_name=args.run_name, namespace=args.namespace,
+                    enable_caching=not args.no_cache, wait=args.wait,
+                    timeout_s=args.timeout, poll_s=args.poll_interval)
     print(f"run:      {result['run_id']} (experiment {result['experiment']})")
     print(f"url:      {result['url']}")
     if "state" in result:
@@ -140,29 +147,20 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from serving.client import ClientError
     from serving.predict import run_predict
 
-    try:
-        text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
-                                 not args.no_detect, args.json, args.annotate, args.timeout,
-                                 args.model_dir)
-    except ClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
+                             not args.no_detect, args.json, args.annotate, args.timeout,
+                             args.model_dir)
     print(text)
     return code
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
-    from pipeline.release import ReleaseError, release
+    from pipeline.release import release
 
-    try:
-        notes = args.notes.read_text() if args.notes else ""
-        result = release(args.version_dir, args.dest, notes)
-    except (ReleaseError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    notes = args.notes.read_text() if args.notes else ""
+    result = release(args.version_dir, args.dest, notes)
     print(f"released {args.version_dir} -> {result['path']} ({result['bytes'] / 1e6:.1f} MB; "
           f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}); "
           f"model card {result['card']}")
@@ -172,14 +170,10 @@ def _cmd_release(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from pipeline.deploy_models import evaluate_and_deploy
 
-    try:
-        result = evaluate_and_deploy(args.models, args.dataset, args.out, args.serving_base,
-                                     args.model_name, args.tta, args.logit_adjustment,
-                                     args.f1_threshold, args.min_improvement,
-                                     args.classic_baseline)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = evaluate_and_deploy(args.models, args.dataset, args.out, args.serving_base,
+                                 args.model_name, args.tta, args.logit_adjustment,
+                                 args.f1_threshold, args.min_improvement,
+                                 args.classic_baseline)
     deployed = result["deployment"]
     if deployed is None:
         print(f"not deployed: {result['evaluation']['gate']['reason']}")
@@ -192,11 +186,8 @@ def model_options(text: str) -> dict:
     """``--model-options``: a JSON object mapping architecture names to builder arguments."""
     from components.train.models import MODEL_BUILDERS
 
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+    options = _json_object(text)
+    if not all(isinstance(v, dict) for v in options.values()):
         raise argparse.ArgumentTypeError('expected {"architecture": {"argument": value}, ...}')
     unknown = sorted(set(options) - set(MODEL_BUILDERS))
     if unknown:
@@ -204,10 +195,40 @@ def model_options(text: str) -> dict:
     return options
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
+    """One flag per recipe field (``--label-smoothing`` for ``label_smoothing``), typed,
+    with its help text and choices, defaulting to ``None``: the profile's value."""
+    for f in recipe_fields():
+        kind, flag = field_type(f.name), "--" + f.name.replace("_", "-")
+        default = default_value(f.name)
+        text = default if isinstance(default, str) else json.dumps(default)
+        shown = "" if default is None else f" (recipe default: {text})"
+        kwargs = {"dest": RECIPE_DEST + f.name, "default": None,
+                  "help": f"{f.metadata['help']}{shown}"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            kwargs.update(type=_json_object, metavar="JSON")
+        else:
+            kwargs["type"] = kind
+            if f.metadata.get("choices"):
+                kwargs["choices"] = list(f.metadata["choices"])
+            else:
+                kwargs["metavar"] = f.name.upper()
+        group.add_argument(flag, **kwargs)
+
+
 def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | None) -> None:
-    from components.train.augment import AUGMENTATION_PRESETS
-    from components.train.train import CLASS_BALANCE, OPTIMIZERS, SCHEDULES
-    from components.train.tta import TTA_MODES
     from pipeline.profiles import PROFILES
 
     p.add_argument("--profile", choices=list(PROFILES), default="smoke",
@@ -218,9 +239,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
                    help="TF Serving model base: local directory or gs:// (default: %(default)s)")
     p.add_argument("--model-name", default="fer")
     p.add_argument("--architectures", help="comma-separated, e.g. baseline_cnn,vgg19")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--model-options", type=model_options, metavar="JSON",
+                   help='builder arguments per architecture, e.g. '
+                        '\'{"configurable_cnn": {"filters": [64, 128, 256]}}\'')
     p.add_argument("--f1-threshold", type=float, help="minimum test macro F1 to deploy")
     p.add_argument("--min-improvement", type=float,
                    help="macro F1 by which a candidate must beat the deployed champion")
@@ -228,28 +249,13 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--max-train-per-class", type=int, metavar="N")
     p.add_argument("--checkpoint-root", default=None,
                    help="keep per-epoch checkpoints here so a killed run resumes")
-    recipe = p.add_argument_group("training recipe (defaults: the profile's)")
-    recipe.add_argument("--optimizer", choices=OPTIMIZERS)
-    recipe.add_argument("--schedule", choices=SCHEDULES)
-    recipe.add_argument("--warmup-epochs", type=int, help="cosine schedule only")
-    recipe.add_argument("--label-smoothing", type=float)
-    recipe.add_argument("--class-balance", choices=CLASS_BALANCE,
-                        help="class weights, balanced sampling, or neither")
-    recipe.add_argument("--augmentation", choices=sorted(AUGMENTATION_PRESETS))
-    recipe.add_argument("--model-options", type=model_options, metavar="JSON",
-                        help='builder arguments per architecture, e.g. '
-                             '\'{"configurable_cnn": {"filters": [64, 128, 256]}}\'')
-    recipe.add_argument("--tta", choices=TTA_MODES,
-                        help="test-time augmentation at evaluation and in the served model "
-                             "(the logit adjustment's power is chosen for it)")
-    recipe.add_argument("--logit-adjustment", action=argparse.BooleanOptionalAction,
-                        help="after training, divide the probabilities by the class prior to "
-                             "a power chosen on val for macro F1 (in the served model too)")
-    recipe.add_argument("--ensemble", action=argparse.BooleanOptionalAction,
-                        help="with several --architectures, serve the average of all of them "
-                             "instead of the best one")
-    recipe.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
-                        help="also fit HOG + linear SVM and report it beside the model")
+    p.add_argument("--ensemble", action=argparse.BooleanOptionalAction,
+                   help="with several --architectures, serve the average of all of them "
+                        "instead of the best one")
+    p.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
+                   help="also fit HOG + linear SVM and report it beside the model")
+    add_recipe_arguments(p.add_argument_group(
+        "training recipe (defaults: the profile's, else the recipe default shown)"))
 
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
@@ -371,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--timeout", type=float, default=30.0)
     pred.set_defaults(func=_cmd_predict)
 
-    from components.train.tta import TTA_MODES
+    from components.train.recipe import TTA_MODES
 
     dep = sub.add_parser("deploy", help="evaluate, gate, export and deploy trained models",
                          description="Run the pipeline's evaluate, gate, export and deploy "
@@ -409,16 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names (default: the process's arguments); returns its exit
+    status (:data:`EXIT_CODES` for the failures a command reports)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except DataError as exc:
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PipelineRunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return code
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.baseline import classic_baseline as fit_classic_baseline
-from components.deploy import deploy, find_champion
-from components.evaluate import evaluate, format_evaluation
+from components.deploy import deploy
+from components.evaluate import evaluate_candidate, format_evaluation
 from components.export import export
 from components.train.ensemble import ensemble, require_trained
 
@@ -43,10 +42,9 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
     if len(model_dirs) > 1:
         model_dir = work_dir / "model"
         summary = ensemble(model_dirs, dataset_dir, model_dir, logit_adjustment, tta)
-    champion = find_champion(serving_base, model_name)
-    baseline = fit_classic_baseline(dataset_dir) if classic_baseline else None
-    metrics = evaluate(model_dir, dataset_dir, work_dir / "evaluation", f1_threshold,
-                       min_improvement, champion, tta=tta, baseline=baseline)
+    metrics = evaluate_candidate(model_dir, dataset_dir, work_dir / "evaluation", serving_base,
+                                 model_name, f1_threshold, min_improvement, tta,
+                                 classic_baseline)
     print(format_evaluation(metrics), flush=True)
     result = {"ensemble": summary, "evaluation": metrics, "deployment": None}
     if metrics["gate"]["passed"]:

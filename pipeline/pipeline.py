@@ -3,7 +3,10 @@
 Compile it with ``fer-pipeline compile`` (or ``python -m pipeline.pipeline``); run it locally
 with ``fer-pipeline run``; submit it to a cluster with ``fer-pipeline submit``.
 
-Run settings are the pipeline's typed parameters. What a cluster needs to schedule the
+Run settings are the pipeline's typed parameters. How each network is trained is one of
+them, ``recipe``: a :class:`~components.train.recipe.TrainConfig` as a dict (the command line
+builds and checks it; the train task rebuilds it), so a new training setting needs no new
+parameter here. What a cluster needs to schedule the
 tasks is fixed when the pipeline is compiled: the container image every task runs on, the
 train task's resources (a GPU by default), the PersistentVolumeClaims mounted into every
 task (how a local cluster without GCS gets its data in and its models out), and whether
@@ -31,12 +34,15 @@ from components.kfp_components import (
     skip_deploy_op,
     train_op,
 )
+from components.train.recipe import TrainConfig
 
 PIPELINE_NAME = "fer-pipeline"
 # I/O steps (reading the source, publishing to the serving base) are retried with backoff:
 # both are repeat-safe (ingest rewrites its output, deploy returns an existing version).
 IO_RETRIES = 3
 IO_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+# The recipe a run gets when it names none: TrainConfig's defaults.
+DEFAULT_RECIPE = TrainConfig().recipe()
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         source: str,
         serving_base: str,
         architectures: List[str] = ["baseline_cnn"],  # noqa: B006 (KFP reads the default)
-        epochs: int = 30,
-        batch_size: int = 64,
-        learning_rate: float = 1e-3,
+        model_options: dict = {},  # noqa: B006 (KFP reads the default)
+        recipe: dict = DEFAULT_RECIPE,
         f1_threshold: float = 0.5,
         min_improvement: float = 0.01,
         model_name: str = "fer",
@@ -110,16 +115,7 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         max_train_per_class: int = 0,
         class_weight_mode: str = "balanced",
         checkpoint_root: str = "",
-        optimizer: str = "adam",
-        schedule: str = "plateau",
-        warmup_epochs: int = 0,
-        label_smoothing: float = 0.0,
-        class_balance: str = "weights",
-        augmentation: str = "none",
-        model_options: dict = {},  # noqa: B006 (KFP reads the default)
-        logit_adjustment: bool = False,
         ensemble: bool = False,
-        tta: str = "none",
         classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
         ingest = configure(ingest_op(source=source, data_format=data_format))
@@ -137,28 +133,24 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         with dsl.ParallelFor(architectures) as architecture:
             trained = resources.apply(configure(train_op(
                 dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
-                architecture=architecture, epochs=epochs, batch_size=batch_size,
-                learning_rate=learning_rate, seed=seed, checkpoint_root=checkpoint_root,
-                optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
-                label_smoothing=label_smoothing, class_balance=class_balance,
-                augmentation=augmentation, model_options=model_options,
-                logit_adjustment=logit_adjustment, tta=tta)))
+                architecture=architecture, seed=seed, model_options=model_options,
+                checkpoint_root=checkpoint_root, recipe=recipe)))
         best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"]),
                                         dataset=prep.outputs["splits"], ensemble=ensemble,
-                                        logit_adjustment=logit_adjustment, tta=tta))
+                                        recipe=recipe))
 
         # Never cached: the champion may change between identical runs.
         evaluation = configure(evaluate_op(
             model=best.outputs["best"], dataset=prep.outputs["splits"],
             serving_base=serving_base, model_name=model_name, f1_threshold=f1_threshold,
-            min_improvement=min_improvement, tta=tta, classic_baseline=classic_baseline),
+            min_improvement=min_improvement, recipe=recipe, classic_baseline=classic_baseline),
         cache=False)
 
         with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712 (KFP condition syntax)
             exported = configure(export_op(model=best.outputs["best"],
                                           dataset=prep.outputs["splits"],
                                           evaluation=evaluation.outputs["evaluation"],
-                                          tta=tta))
+                                          recipe=recipe))
             deployed = configure(deploy_op(saved_model=exported.outputs["saved_model"],
                                           serving_base=serving_base, model_name=model_name),
                                 cache=False)

@@ -1,17 +1,21 @@
-"""Run profiles: named sets of pipeline parameters. Explicit parameters override them."""
+"""Run profiles: named sets of pipeline parameters, each with its recipe (overrides of
+:class:`~components.train.recipe.TrainConfig`'s defaults). Explicit parameters and recipe
+settings override them; :func:`profile_parameters` checks the result before anything runs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from components.train.recipe import VARIANT_FIELDS, RecipeError, TrainConfig
 
 PROFILES: dict[str, dict[str, Any]] = {
     # A small real subset and one epoch: checks the whole path end to end in minutes.
     "smoke": {
         "architectures": ["baseline_cnn"],
-        "epochs": 1,
         "max_train_per_class": 800,
-        "batch_size": 64,
-        "learning_rate": 1e-3,
+        "recipe": {"epochs": 1, "batch_size": 64, "learning_rate": 1e-3},
         "f1_threshold": 0.05,
         "min_improvement": 0.01,
     },
@@ -28,17 +32,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model_options": {"configurable_cnn": {"filters": [32, 64, 128, 256], "depth": 2,
                                                "dropout": 0.1, "dense_units": [256],
                                                "head_dropout": 0.4}},
-        "epochs": 55,
         "max_train_per_class": 0,
-        "batch_size": 64,
-        "learning_rate": 1e-3,
-        "optimizer": "adam",
-        "schedule": "cosine",
-        "warmup_epochs": 2,
-        "class_balance": "none",
-        "augmentation": "light",
-        "tta": "crops",
-        "logit_adjustment": True,
+        "recipe": {"epochs": 55, "batch_size": 64, "learning_rate": 1e-3, "optimizer": "adam",
+                   "schedule": "cosine", "warmup_epochs": 2, "class_balance": "none",
+                   "augmentation": "light", "tta": "crops", "logit_adjustment": True},
         "classic_baseline": True,
         "f1_threshold": 0.45,
         "min_improvement": 0.01,
@@ -47,18 +44,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Nesterov momentum and cosine decay, the standard augmentation, ten-crop-style TTA.
     "full": {
         "architectures": ["vgg19", "resnet_small", "deep_cnn"],
-        "epochs": 150,
         "max_train_per_class": 0,
-        "batch_size": 64,
-        "learning_rate": 0.01,
-        "optimizer": "sgd",
-        "schedule": "cosine",
-        "warmup_epochs": 5,
-        "label_smoothing": 0.1,
-        "class_balance": "weights",
-        "augmentation": "standard",
-        "tta": "crops",
-        "logit_adjustment": True,
+        "recipe": {"epochs": 150, "batch_size": 64, "learning_rate": 0.01, "optimizer": "sgd",
+                   "schedule": "cosine", "warmup_epochs": 5, "label_smoothing": 0.1,
+                   "class_balance": "weights", "augmentation": "standard", "tta": "crops",
+                   "logit_adjustment": True},
         "classic_baseline": True,
         "f1_threshold": 0.6,
         "min_improvement": 0.01,
@@ -66,10 +56,24 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def profile_parameters(name: str, **overrides: Any) -> dict[str, Any]:
-    """The profile's parameters with every non-``None`` override applied."""
+def profile_parameters(name: str, recipe: Mapping[str, Any] | None = None,
+                       **overrides: Any) -> dict[str, Any]:
+    """The pipeline parameters of profile ``name`` with every non-``None`` override applied,
+    and its recipe with the settings in ``recipe`` applied, checked and complete (every
+    recipe field, as the pipeline's ``recipe`` parameter carries it).
+
+    Raises :class:`~components.train.recipe.RecipeError` naming the first bad recipe
+    setting, and ValueError for an unknown profile.
+    """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
-    params = dict(PROFILES[name])
+    params = {k: v for k, v in PROFILES[name].items() if k != "recipe"}
     params.update({k: v for k, v in overrides.items() if v is not None})
+    settings = {**PROFILES[name].get("recipe", {}), **(recipe or {})}
+    for variant_field in VARIANT_FIELDS:
+        if variant_field in settings:
+            raise RecipeError(variant_field, f"{variant_field} is set per run or variant "
+                              f"(architectures, seed, model_options, checkpoint_root), not "
+                              f"in the recipe")
+    params["recipe"] = TrainConfig.from_dict(settings).recipe()
     return params

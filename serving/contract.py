@@ -1,27 +1,96 @@
-"""The SavedModel signature contract shared by export, the local server and the clients.
+"""The contract between training and serving: the one place that names it.
+
+Everything that both sides must agree on lives here and nowhere else: the labels, the image
+size, the file names of the artifacts, and the SavedModel's signatures (their names, inputs
+and outputs with dtypes and shapes). The pipeline's components (which write models) and the
+serving side (which loads and calls them) both import this module; it imports nothing but
+the standard library, so serving never imports the components, and a client can read the
+contract without TensorFlow.
+
+Signatures (what TF Serving loads):
 
 * ``serving_default``: ``pixels`` float32 [N,48,48,1], values 0-255;
-* ``predict_images``: ``image_bytes`` string [N], encoded JPEG/PNG/GIF/BMP of any size;
+* ``predict_images``: ``image_bytes`` string [N], encoded JPEG/PNG/GIF/BMP of any size,
+  colour or gray (decoded, made gray and resized in the graph; REST clients send
+  ``{"b64": "..."}``);
 
-both return ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_name`` string [N].
-``assets.extra/`` holds ``labels.txt``, ``metrics.json`` and TF Serving's warm-up records.
+each returns ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_name``
+string [N]. ``assets.extra/`` holds ``labels.txt``, ``metrics.json`` and TF Serving's
+warm-up records.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+# --- labels and faces ---------------------------------------------------------------------
+
+#: FER2013's ``emotion`` ids, in order: the label set every model serves by default.
+CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise",
+                                "neutral")
+NUM_CLASSES = len(CLASS_NAMES)
+#: Faces are IMAGE_SIZE x IMAGE_SIZE gray pixels, values 0-255.
+IMAGE_SIZE = 48
+FACE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+
+# --- artifact files -----------------------------------------------------------------------
+
+MODEL_FILE = "model.keras"  # a trained Keras model (train, select, ensemble)
+SUMMARY_FILE = "summary.json"  # the training run's figures, beside MODEL_FILE
+METRICS_FILE = "metrics.json"  # evaluation metrics and gate decision; in assets.extra too
+ASSETS_EXTRA = "assets.extra"  # a SavedModel's side files, which TF Serving ignores
+LABELS_FILE = "labels.txt"  # one class name a line, in class-id order
+WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving reads at load
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One named tensor of a signature: its dtype (a TensorFlow dtype name) and its shape
+    (``None`` for a dimension of any size)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A SavedModel signature: its name, its one input, and its outputs."""
+
+    name: str
+    input: TensorInfo
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The outputs' names, in order."""
+        return tuple(o.name for o in self.outputs)
+
+
+PIXELS = TensorInfo("pixels", "float32", (None, *FACE_SHAPE))
+IMAGE_BYTES = TensorInfo("image_bytes", "string", (None,))
+OUTPUTS = (
+    TensorInfo("probabilities", "float32", (None, NUM_CLASSES)),
+    TensorInfo("class_id", "int64", (None,)),
+    TensorInfo("class_name", "string", (None,)),
+)
+OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
 
 SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
-PIXELS_INPUT = "pixels"
-IMAGES_INPUT = "image_bytes"
-SIGNATURE_INPUTS = {SIGNATURE_PIXELS: PIXELS_INPUT, SIGNATURE_IMAGES: IMAGES_INPUT}
-OUTPUT_NAMES = ("probabilities", "class_id", "class_name")
+PIXELS_INPUT = PIXELS.name
+IMAGES_INPUT = IMAGE_BYTES.name
 
-ASSETS_EXTRA = "assets.extra"
-LABELS_FILE = "labels.txt"
-METRICS_FILE = "metrics.json"
-WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving reads at load
+#: Every signature an exported model offers, by name.
+SIGNATURES: dict[str, Signature] = {
+    SIGNATURE_PIXELS: Signature(SIGNATURE_PIXELS, PIXELS, OUTPUTS),
+    SIGNATURE_IMAGES: Signature(SIGNATURE_IMAGES, IMAGE_BYTES, OUTPUTS),
+}
+
+# --- the bundled model --------------------------------------------------------------------
 
 # The released model, shipped in the package: a TF Serving model base (``fer/<version>/``)
 # that ``fer-serve`` serves and ``fer-pipeline predict`` runs when no server is named.

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from components.storage import gcs_client, is_gcs_uri, split_gcs_uri
+from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 from serving.contract import ASSETS_EXTRA, LABELS_FILE, WARMUP_FILE
 
 log = logging.getLogger(__name__)

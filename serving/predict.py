@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from serving.client import ClientError, GrpcClient, LocalClient, RestClient
 from serving.contract import BUNDLED_MODEL_BASE
 from serving.model_store import local_versions

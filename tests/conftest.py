@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 
 FER_ROOT = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
 
@@ -59,7 +59,8 @@ def served_val_predictions(model_dir: Path, dataset_dir: Path, tta: str
     import keras
 
     from components.dataset import VAL, FaceDataset
-    from components.train.train import MODEL_FILE, to_model_input
+    from components.dataset import to_model_input
+    from serving.contract import MODEL_FILE
     from components.train.tta import with_tta
 
     model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
@@ -92,7 +93,7 @@ def gcs_emulator():
 @pytest.fixture
 def gcs_bucket(gcs_emulator, request):
     """A fresh, empty bucket on the emulator."""
-    from components.storage import gcs_client
+    from serving.storage import gcs_client
 
     name = "fer-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     return gcs_client().create_bucket(name)
@@ -107,7 +108,7 @@ def small_fer(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared(small_fer, tmp_path_factory) -> Path:
     """``small_fer`` through the data steps: ``dataset/`` and ``class_weights.json``."""
-    from pipeline.cli import run_data_steps
+    from pipeline.data_steps import run_data_steps
 
     out = tmp_path_factory.mktemp("prepared")
     run_data_steps(str(small_fer), out, report=False, progress=False)
@@ -117,7 +118,8 @@ def prepared(small_fer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model(prepared, tmp_path_factory) -> Path:
     """A baseline CNN trained for two epochs on ``prepared`` (real TensorFlow, real faces)."""
-    from components.train import TrainConfig, train
+    from components.train.recipe import TrainConfig
+    from components.train.train import train
 
     out = tmp_path_factory.mktemp("model")
     train(prepared / "dataset", prepared / "class_weights.json", out,
@@ -139,7 +141,8 @@ def exported_model(trained_model, prepared, tmp_path_factory) -> Path:
 def second_exported_model(prepared, tmp_path_factory) -> Path:
     """A different model (another seed, one epoch), exported: a second version to deploy."""
     from components.export import export
-    from components.train import TrainConfig, train
+    from components.train.recipe import TrainConfig
+    from components.train.train import train
 
     root = tmp_path_factory.mktemp("second")
     train(prepared / "dataset", prepared / "class_weights.json", root / "model",

@@ -15,7 +15,7 @@ from components.baseline import (
     hog_features,
 )
 from components.evaluate import evaluate, format_evaluation
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from tests.conftest import face_pixels, real_faces
 
 

@@ -10,7 +10,9 @@ from sklearn.metrics import f1_score, recall_score
 
 from components.dataset import VAL, FaceDataset, read_json
 from components.export import export
-from components.train import TrainConfig, build_model, train
+from components.train.models import build_model
+from components.train.recipe import TrainConfig
+from components.train.train import train
 from components.train.calibrate import (
     TAU_GRID,
     PriorAdjustment,
@@ -21,7 +23,7 @@ from components.train.calibrate import (
     served,
     with_prior_adjustment,
 )
-from components.train.train import MODEL_FILE, SUMMARY_FILE
+from serving.contract import MODEL_FILE, SUMMARY_FILE
 from components.train.tta import view_probabilities, with_tta
 from tests.conftest import served_val_predictions
 

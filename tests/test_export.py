@@ -19,7 +19,7 @@ from components.export import (
     export,
     serving_endpoints,
 )
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from tests.conftest import real_faces
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from components.dataset import NO_SPLIT, TEST, TRAIN, VAL, DataError, FaceDataset
 from components.ingest import ingest
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from tests.conftest import face_pixels, fer_root, make_subset, real_faces
 
 

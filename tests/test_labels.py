@@ -1,6 +1,7 @@
 import pytest
 
-from components.labels import CLASS_NAMES, NUM_CLASSES, class_id_from_name
+from serving.contract import CLASS_NAMES, NUM_CLASSES
+from components.labels import class_id_from_name
 
 
 def test_fer2013_ids_in_order():

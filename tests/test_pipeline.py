@@ -82,7 +82,7 @@ def test_model_options_become_a_pipeline_parameter(tmp_path, capsys):
 
 
 def test_every_profile_names_known_settings():
-    from components.train import TrainConfig
+    from components.train.recipe import TrainConfig
     from components.train.models import MODEL_BUILDERS, build_model
 
     for name, params in PROFILES.items():

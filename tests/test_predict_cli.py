@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from components.deploy import deploy
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from pipeline.cli import main
 from serving.predict import detect_faces
 from tests.conftest import real_faces

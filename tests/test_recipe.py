@@ -14,18 +14,17 @@ import tensorflow as tf
 from components.dataset import FaceDataset
 from components.evaluate import evaluate, format_evaluation
 from components.export import SIGNATURE_PIXELS, export
-from components.train import TrainConfig, build_model, train, with_tta
+from components.train.models import build_model
+from components.train.recipe import TrainConfig
+from components.train.train import train
+from components.train.tta import with_tta
 from components.train.augment import (
     AUGMENTATION_PRESETS,
     augmentation_from_preset,
     build_augmentation,
 )
-from components.train.train import (
-    balanced_dataset,
-    learning_rate_schedule,
-    make_loss,
-    make_optimizer,
-)
+from components.train.data import balanced_dataset
+from components.train.fit import learning_rate_schedule, make_loss, make_optimizer
 from components.train.tta import crop_offsets
 
 SMALL = {"filters": (8, 16), "dense_units": 32}  # a small baseline_cnn: fast on 2 cores

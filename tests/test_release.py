@@ -15,7 +15,7 @@ import pytest
 
 from components.evaluate import evaluate
 from components.export import export
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from pipeline.cli import main
 from pipeline.release import CARD_FILE, ReleaseError, directory_bytes, model_card, release
 from serving.client import ClientError, LocalClient

@@ -8,8 +8,9 @@ import sys
 
 from PIL import Image
 
-from components.labels import CLASS_NAMES
-from pipeline.cli import main, run_data_steps
+from serving.contract import CLASS_NAMES
+from pipeline.cli import main
+from pipeline.data_steps import run_data_steps
 from tests.conftest import fer_root
 
 

@@ -15,7 +15,7 @@ from tensorflow_serving.apis import (
 )
 
 from components.deploy import deploy
-from components.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 from serving.client import ClientError, GrpcClient, RestClient
 from tests.conftest import face_pixels, real_faces
 

@@ -10,15 +10,10 @@ import pytest
 from PIL import Image
 
 from components.dataset import DataError, FaceDataset
-from components.train import (
-    MODEL_BUILDERS,
-    TrainConfig,
-    build_model,
-    builder_kwargs,
-    checkpoint_dir,
-    select_best,
-    train,
-)
+from components.train.ensemble import select_best
+from components.train.models import MODEL_BUILDERS, build_model
+from components.train.recipe import builder_kwargs, checkpoint_dir, TrainConfig
+from components.train.train import train
 from components.train.train import predict_proba
 
 

@@ -30,7 +30,8 @@ from components.ingest.readers import (
     split_from_name,
 )
 from components.ingest.sources import Source, open_source
-from components.labels import CLASS_NAMES, class_id_from_name
+from serving.contract import CLASS_NAMES
+from components.labels import class_id_from_name
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.dataset import IMAGE_SIZE, NO_SPLIT, TEST, TRAIN, VAL
-from components.labels import NUM_CLASSES
+from serving.contract import NUM_CLASSES
 
 PIXELS_PER_FACE = IMAGE_SIZE * IMAGE_SIZE
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})

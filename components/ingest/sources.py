@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from google.api_core.exceptions import GoogleAPIError
 
 from components.dataset import DataError
-from components.storage import gcs_client, is_gcs_uri, split_gcs_uri
+from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 
 _READ_THREADS = 16  # reads are I/O bound (disk or network); decoding happens elsewhere
 

@@ -1,24 +1,10 @@
-"""Train: the model zoo (:mod:`components.train.models`), the training step and its recipe,
-augmentation (:mod:`components.train.augment`) and test-time augmentation
-(:mod:`components.train.tta`)."""
+"""Train: the recipe (:mod:`components.train.recipe`, no TensorFlow), the model zoo
+(:mod:`components.train.models`), input pipelines (:mod:`components.train.data`), fitting
+with resumable phases (:mod:`components.train.fit`), the training step
+(:mod:`components.train.train`), augmentation (:mod:`components.train.augment`), test-time
+augmentation (:mod:`components.train.tta`), calibration (:mod:`components.train.calibrate`)
+and selection or ensembles (:mod:`components.train.ensemble`).
 
-from components.train.augment import build_augmentation, with_augmentation
-from components.train.models import (
-    MODEL_BUILDERS,
-    build_model,
-    freeze_base,
-    pretrained_base,
-    unfreeze_base,
-)
-from components.train.train import (
-    TrainConfig,
-    builder_kwargs,
-    checkpoint_dir,
-    select_best,
-    train,
-)
-from components.train.tta import TTA_MODES, with_tta
-
-__all__ = ["MODEL_BUILDERS", "TTA_MODES", "TrainConfig", "build_augmentation", "build_model",
-           "builder_kwargs", "checkpoint_dir", "freeze_base", "pretrained_base", "select_best",
-           "train", "unfreeze_base", "with_augmentation", "with_tta"]
+Import from the submodules: this package imports nothing, so that reading a recipe does not
+load TensorFlow.
+"""

@@ -12,15 +12,9 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-VALUE_RANGE = (0.0, 255.0)
+from components.train.recipe import AUGMENTATION_PRESETS
 
-# Named recipes for TrainConfig.augmentation; each maps to build_augmentation() arguments.
-AUGMENTATION_PRESETS: dict[str, dict[str, float]] = {
-    "none": {},
-    "light": {"rotation": 10.0, "translation": 0.08, "zoom": 0.08},
-    "standard": {"rotation": 15.0, "translation": 0.1, "zoom": 0.15, "shear": 0.1,
-                 "brightness": 0.15, "contrast": 0.2, "erasing": 0.25},
-}
+VALUE_RANGE = (0.0, 255.0)
 
 
 @keras.saving.register_keras_serializable(package="fer")

@@ -21,7 +21,7 @@ import numpy as np
 from keras import layers, ops
 from sklearn.metrics import accuracy_score, f1_score
 
-from components.labels import NUM_CLASSES
+from serving.contract import NUM_CLASSES
 
 # 0.00 (no adjustment: the sweep's reference), 0.05, ..., 2.00
 TAU_GRID = tuple(round(0.05 * i, 2) for i in range(0, 41))

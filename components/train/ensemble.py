@@ -11,12 +11,13 @@ split for the ensemble. The result is written like a training run's output (``mo
 + ``summary.json``), so the pipeline's evaluate, export and release steps take it
 unchanged; the serving contract does not change.
 
-:func:`combine` is the pipeline's choice after training: the best member by val macro F1,
-or the ensemble of all of them.
+:func:`combine` is the pipeline's choice after training: the best member by val macro F1
+(:func:`select_best`), or the ensemble of all of them.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,19 @@ import keras
 import numpy as np
 from keras import layers
 
-from components.dataset import TRAIN, VAL, DataError, FaceDataset, read_json, write_json
+from components.dataset import (
+    TRAIN,
+    VAL,
+    DataError,
+    FaceDataset,
+    read_json,
+    to_model_input,
+    write_json,
+)
 from components.train.calibrate import PriorAdjustment, fit_prior_adjustment, val_scores
-from components.train.train import MODEL_FILE, SUMMARY_FILE, select_best, to_model_input
-from components.train.tta import TTA_MODES, view_probabilities
+from components.train.recipe import check_tta
+from components.train.tta import view_probabilities
+from serving.contract import MODEL_FILE, SUMMARY_FILE
 
 ENSEMBLE = "ensemble"
 
@@ -78,8 +88,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     """
     if len(model_dirs) < 2:
         raise ValueError(f"an ensemble needs at least 2 trained models, got {len(model_dirs)}")
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    check_tta(tta)
     require_trained(model_dirs)
     data = FaceDataset.load(dataset_dir)
     train_set, val_set = data.split(TRAIN), data.split(VAL)
@@ -138,6 +147,24 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     return summary
 
 
+def leaderboard_row(summary: dict[str, Any], model_dir: str | Path) -> dict[str, Any]:
+    """A trained model's row of the leaderboard, from its training ``summary``."""
+    return {"architecture": summary["architecture"], "dir": str(model_dir),
+            "val_macro_f1": summary["val_macro_f1"], "val_accuracy": summary["val_accuracy"],
+            "epochs_run": summary["epochs_run"]}
+
+
+def select_best(model_dirs: list[str | Path], output_dir: str | Path) -> dict[str, Any]:
+    """Copy the trained model in ``model_dirs`` with the best val macro F1 to
+    ``output_dir``; return ``{"winner": architecture, "leaderboard": rows, best first}``."""
+    if not model_dirs:
+        raise ValueError("no trained model to select from")
+    board = [leaderboard_row(read_json(Path(d) / SUMMARY_FILE), d) for d in model_dirs]
+    board.sort(key=lambda r: r["val_macro_f1"], reverse=True)
+    shutil.copytree(board[0]["dir"], output_dir, dirs_exist_ok=True)
+    return {"winner": board[0]["architecture"], "leaderboard": board}
+
+
 def combine(model_dirs: Sequence[str | Path], output_dir: str | Path,
             dataset_dir: str | Path | None = None, use_ensemble: bool = False,
             logit_adjustment: bool = True, tta: str = "none") -> dict[str, Any]:
@@ -150,9 +177,7 @@ def combine(model_dirs: Sequence[str | Path], output_dir: str | Path,
     if dataset_dir is None:
         raise ValueError("an ensemble needs the dataset (its val split calibrates it)")
     summary = ensemble(model_dirs, dataset_dir, output_dir, logit_adjustment, tta)
-    board = [{"architecture": r["architecture"], "dir": r["dir"],
-              "val_macro_f1": r["val_macro_f1"], "val_accuracy": r["val_accuracy"],
-              "epochs_run": r["epochs_run"]} for r in summary["members"]]
+    board = [leaderboard_row(r, r["dir"]) for r in summary["members"]]
     board.sort(key=lambda r: r["val_macro_f1"], reverse=True)
     board.insert(0, {"architecture": ENSEMBLE, "dir": str(output_dir),
                      "val_macro_f1": summary["val_macro_f1"],

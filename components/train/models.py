@@ -21,10 +21,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from components.dataset import IMAGE_SIZE
-from components.labels import NUM_CLASSES
+from serving.contract import FACE_SHAPE, NUM_CLASSES
 
-INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+INPUT_SHAPE = FACE_SHAPE
 VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input
 
 

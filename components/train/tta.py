@@ -18,7 +18,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-TTA_MODES = ("none", "flip", "crops")
+from components.train.recipe import TTA_MODES, check_tta
+
 CROP_SIZE = 44
 
 
@@ -82,8 +83,7 @@ def with_tta(model: keras.Model, mode: str = "flip", crop_size: int = CROP_SIZE)
 
     ``crop_size``: side of the ``crops`` mode's crops, smaller than the input.
     """
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+    check_tta(mode)
     if mode == "none":
         return model
     height, width = model.input_shape[1:3]
@@ -101,8 +101,7 @@ def view_probabilities(model: keras.Model, inputs: np.ndarray, mode: str = "none
     """``model``'s probabilities for every ``mode`` view of ``inputs`` (float32 [N,H,W,C]):
     [V,N,K], view 0 the faces themselves. Their mean over views is what :func:`with_tta`
     serves; a calibration that will sit under the TTA (a prior adjustment) is fit on them."""
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+    check_tta(mode)
     if mode == "none":
         return model.predict(inputs, batch_size=batch_size, verbose=0)[None]
     views = TTAViews(mode, CROP_SIZE)

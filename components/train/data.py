@@ -1,0 +1,69 @@
+"""The training step's input pipelines (tf.data): shuffled or class-balanced train batches,
+val batches, labels sparse or one-hot."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from components.dataset import FaceDataset
+from components.train.recipe import TrainConfig
+from serving.contract import NUM_CLASSES
+
+VAL_BATCH = 256
+
+
+def _batches(ds: tf.data.Dataset, batch_size: int, one_hot: bool) -> tf.data.Dataset:
+    def cast(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.cast(x, tf.float32), (tf.one_hot(y, NUM_CLASSES) if one_hot else y)
+
+    return ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def face_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
+                 seed: int, one_hot: bool = False) -> tf.data.Dataset:
+    """uint8 faces [N,48,48] and their labels -> batches of (float32 [B,48,48,1], labels),
+    reshuffled every epoch when ``shuffle``; labels one-hot [B,7] when ``one_hot``."""
+    ds = tf.data.Dataset.from_tensor_slices((images[..., None], labels))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return _batches(ds, batch_size, one_hot)
+
+
+def balanced_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                     one_hot: bool = False) -> tf.data.Dataset:
+    """An endless stream drawing every class present equally often (each class shuffled and
+    repeated, then interleaved at random): class balance by sampling, not loss weights.
+    Takes and gives what :func:`face_batches` does."""
+    classes = np.unique(labels)
+    streams = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        streams.append(tf.data.Dataset.from_tensor_slices((images[idx, ..., None], labels[idx]))
+                       .shuffle(len(idx), seed=seed + int(c), reshuffle_each_iteration=True)
+                       .repeat())
+    ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(classes)] * len(classes),
+                                              seed=seed)
+    return _batches(ds, batch_size, one_hot)
+
+
+def uses_one_hot(config: TrainConfig) -> bool:
+    """Whether the loss takes one-hot targets (label smoothing needs them)."""
+    return config.label_smoothing > 0
+
+
+def training_batches(config: TrainConfig, train_set: FaceDataset,
+                     val_set: FaceDataset) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The train and val pipelines ``config`` asks for: train shuffled, or class-balanced
+    and endless with ``class_balance="sampling"``; val in order."""
+    one_hot = uses_one_hot(config)
+    if config.class_balance == "sampling":
+        train_ds = balanced_dataset(train_set.images, train_set.labels, config.batch_size,
+                                    config.seed, one_hot)
+    else:
+        train_ds = face_batches(train_set.images, train_set.labels, config.batch_size, True,
+                                config.seed, one_hot)
+    val_ds = face_batches(val_set.images, val_set.labels, VAL_BATCH, False, config.seed,
+                          one_hot)
+    return train_ds, val_ds
