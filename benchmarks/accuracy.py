@@ -33,9 +33,16 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from components.dataset import FaceDataset
 from components.ingest import ingest
-from serving.contract import CLASS_NAMES, NUM_CLASSES
 from components.train.models import build_model
 from components.train.tta import TTA_MODES, TTAViews, ViewMean
+from serving.contract import (
+    CLASS_NAMES,
+    FACE_SHAPE,
+    NUM_CLASSES,
+    PIXELS_INPUT,
+    PROBABILITIES,
+    SIGNATURE_PIXELS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "fer2013"
@@ -92,7 +99,7 @@ def fer_pixels_model(hdf5: Path) -> keras.Model:
     fer = keras.models.load_model(hdf5, compile=False)  # a Keras 2 h5: loads as legacy h5
     if fer.input_shape[1:] != (FER_INPUT, FER_INPUT, 1) or fer.output_shape[1:] != (NUM_CLASSES,):
         raise ValueError(f"{hdf5}: unexpected model {fer.input_shape} -> {fer.output_shape}")
-    inputs = keras.Input((48, 48, 1), name="pixels")
+    inputs = keras.Input(FACE_SHAPE, name=PIXELS_INPUT)
     x = layers.Resizing(FER_INPUT, FER_INPUT, interpolation="bilinear", name="resize")(inputs)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(x)
     return keras.Model(inputs, fer(x), name="fer_mini_xception")
@@ -102,8 +109,8 @@ def fer_pixels_model(hdf5: Path) -> keras.Model:
 
 
 def saved_model_predict(path: Path) -> Predict:
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return lambda x: signature(pixels=tf.constant(x))["probabilities"].numpy()
+    signature = tf.saved_model.load(str(path)).signatures[SIGNATURE_PIXELS]
+    return lambda x: signature(**{PIXELS_INPUT: tf.constant(x)})[PROBABILITIES].numpy()
 
 
 def keras_predict(model: keras.Model) -> Predict:

@@ -31,6 +31,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from components.dataset import FaceDataset
 from components.ingest import ingest
+from serving.contract import PIXELS_INPUT, PROBABILITIES, SIGNATURE_PIXELS
 from serving.model_store import local_versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,10 +124,10 @@ def main() -> None:
             sys.exit("fer-serve did not come up")
 
         loaded = tf.saved_model.load(str(model_dir))
-        fn = loaded.signatures["serving_default"]
+        fn = loaded.signatures[SIGNATURE_PIXELS]
 
         def in_process(x):
-            return lambda: fn(pixels=tf.constant(x))["probabilities"].numpy()
+            return lambda: fn(**{PIXELS_INPUT: tf.constant(x)})[PROBABILITIES].numpy()
 
         def rest(x):
             body = json.dumps({"instances": x.astype(np.uint8).tolist()}).encode()
@@ -139,7 +140,7 @@ def main() -> None:
         def grpc_call(x):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "fer"
-            request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(x))
+            request.inputs[PIXELS_INPUT].CopyFrom(tf.make_tensor_proto(x))
 
             def make():
                 stub = prediction_service_pb2_grpc.PredictionServiceStub(

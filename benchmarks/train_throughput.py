@@ -26,9 +26,9 @@ import tensorflow as tf
 from keras import layers
 from PIL import Image
 
-from serving.contract import CLASS_NAMES
-from components.train.models import MODEL_BUILDERS, build_model
 from components.train.fit import dtype_policy
+from components.train.models import MODEL_BUILDERS, build_model
+from serving.contract import CLASS_NAMES
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
 TRAIN_FLOPS_PER_FORWARD = 3

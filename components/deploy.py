@@ -25,8 +25,8 @@ from typing import Any
 
 from google.api_core.exceptions import NotFound
 
-from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 from serving.contract import ASSETS_EXTRA, METRICS_FILE
+from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 
 DEPLOY_RECORD = f"{ASSETS_EXTRA}/deploy.json"
 METRICS_RECORD = f"{ASSETS_EXTRA}/{METRICS_FILE}"

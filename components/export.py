@@ -28,6 +28,8 @@ from components.train.recipe import check_tta
 from components.train.tta import with_tta
 from serving.contract import (
     ASSETS_EXTRA,
+    CLASS_ID,
+    CLASS_NAME,
     CLASS_NAMES,
     FACE_SHAPE,
     IMAGE_SIZE,
@@ -35,6 +37,7 @@ from serving.contract import (
     METRICS_FILE,
     MODEL_FILE,
     NUM_CLASSES,
+    PROBABILITIES,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
     SIGNATURES,
@@ -82,8 +85,8 @@ def serving_endpoints(model: keras.Model) -> Endpoints:
     def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = model(pixels, training=False)
         class_id = tf.argmax(probabilities, axis=1, output_type=tf.int64)
-        return {"probabilities": probabilities, "class_id": class_id,
-                "class_name": tf.gather(names, class_id)}
+        return {PROBABILITIES: probabilities, CLASS_ID: class_id,
+                CLASS_NAME: tf.gather(names, class_id)}
 
     def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(decode_image, image_bytes,
@@ -137,7 +140,7 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
             if want.name not in out or out[want.name].dtype.name != want.dtype:
                 raise ExportError(f"signature {name!r} output {want.name!r} missing or not "
                                   f"{want.dtype}: { {k: v.dtype.name for k, v in out.items()} }")
-        probabilities = out["probabilities"].numpy()
+        probabilities = out[PROBABILITIES].numpy()
         if probabilities.shape != (len(faces), NUM_CLASSES):
             raise ExportError(f"signature {name!r} returns probabilities of shape "
                               f"{probabilities.shape}, expected {(len(faces), NUM_CLASSES)}")
@@ -145,8 +148,8 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
         if diff > tolerance:
             raise ExportError(f"signature {name!r} disagrees with the Keras model on real faces: "
                               f"max |probability difference| {diff:.2e} > {tolerance:.0e}")
-        ids = out["class_id"].numpy()
-        names = [n.decode() for n in out["class_name"].numpy()]
+        ids = out[CLASS_ID].numpy()
+        names = [n.decode() for n in out[CLASS_NAME].numpy()]
         if not np.array_equal(ids, expected.argmax(axis=1)) or names != [CLASS_NAMES[i] for i in ids]:
             raise ExportError(f"signature {name!r} returns class ids or names that do not match "
                               f"its probabilities and the FER2013 labels")

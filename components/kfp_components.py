@@ -102,8 +102,8 @@ def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble
     (JSON)."""
     import json
 
-    from components.train.recipe import TrainConfig
     from components.train.ensemble import combine
+    from components.train.recipe import TrainConfig
 
     config = TrainConfig.from_dict(recipe)
     result = combine([m.path for m in models], best.path, dataset.path, ensemble,

@@ -25,10 +25,13 @@ from components.dataset import (
     DataError,
     FaceDataset,
     held_out_split,
-    read_json,
     write_json,
 )
-from components.ingest.ingest import MANIFEST_FILE, counts_by_split, require_training_examples
+from components.ingest.ingest import (
+    MANIFEST_FILE,
+    counts_by_split,
+    require_training_examples,
+)
 from serving.contract import NUM_CLASSES
 
 REPORT_FILE = "preprocess.json"

@@ -18,8 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from serving.contract import CLASS_NAMES
-from serving.contract import ASSETS_EXTRA, BUNDLED_MODEL_BASE, METRICS_FILE
+from serving.contract import ASSETS_EXTRA, BUNDLED_MODEL_BASE, CLASS_NAMES, METRICS_FILE
 
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 CARD_FILE = "MODEL_CARD.md"

@@ -26,7 +26,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.contract import IMAGES_INPUT, PIXELS_INPUT, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from serving.contract import (
+    CLASS_ID,
+    CLASS_NAME,
+    FACE_SHAPE,
+    IMAGE_SIZE,
+    IMAGES_INPUT,
+    PIXELS_INPUT,
+    PROBABILITIES,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+)
 from serving.model_store import ServingError, load_version
 
 
@@ -39,21 +49,22 @@ class ClientError(Exception):
 
 
 def as_pixels(faces: np.ndarray) -> np.ndarray:
-    """uint8/float [N,48,48] or [N,48,48,1] -> float32 [N,48,48,1]."""
+    """uint8/float [N,48,48] or [N,48,48,1] -> float32 [N,48,48,1] (the ``pixels`` input)."""
     faces = np.asarray(faces, dtype=np.float32)
     if faces.ndim == 3:
         faces = faces[..., None]
-    if faces.ndim != 4 or faces.shape[1:] != (48, 48, 1):
-        raise ValueError(f"faces must be [N,48,48] or [N,48,48,1], got {faces.shape}")
+    if faces.ndim != 4 or faces.shape[1:] != FACE_SHAPE:
+        raise ValueError(f"faces must be [N,{IMAGE_SIZE},{IMAGE_SIZE}] or "
+                         f"[N,{IMAGE_SIZE},{IMAGE_SIZE},1], got {faces.shape}")
     return faces
 
 
 def _result(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
     return {
-        "probabilities": np.asarray(outputs["probabilities"], dtype=np.float32),
-        "class_id": np.asarray(outputs["class_id"], dtype=np.int64),
-        "class_name": [n.decode() if isinstance(n, bytes) else str(n)
-                       for n in np.asarray(outputs["class_name"], dtype=object).ravel()],
+        PROBABILITIES: np.asarray(outputs[PROBABILITIES], dtype=np.float32),
+        CLASS_ID: np.asarray(outputs[CLASS_ID], dtype=np.int64),
+        CLASS_NAME: [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in np.asarray(outputs[CLASS_NAME], dtype=object).ravel()],
     }
 
 

@@ -70,19 +70,20 @@ class Signature:
         return tuple(o.name for o in self.outputs)
 
 
-PIXELS = TensorInfo("pixels", "float32", (None, *FACE_SHAPE))
-IMAGE_BYTES = TensorInfo("image_bytes", "string", (None,))
-OUTPUTS = (
-    TensorInfo("probabilities", "float32", (None, NUM_CLASSES)),
-    TensorInfo("class_id", "int64", (None,)),
-    TensorInfo("class_name", "string", (None,)),
-)
-OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
-
 SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
-PIXELS_INPUT = PIXELS.name
-IMAGES_INPUT = IMAGE_BYTES.name
+PIXELS_INPUT = "pixels"
+IMAGES_INPUT = "image_bytes"
+PROBABILITIES, CLASS_ID, CLASS_NAME = "probabilities", "class_id", "class_name"
+
+PIXELS = TensorInfo(PIXELS_INPUT, "float32", (None, *FACE_SHAPE))
+IMAGE_BYTES = TensorInfo(IMAGES_INPUT, "string", (None,))
+OUTPUTS = (
+    TensorInfo(PROBABILITIES, "float32", (None, NUM_CLASSES)),
+    TensorInfo(CLASS_ID, "int64", (None,)),
+    TensorInfo(CLASS_NAME, "string", (None,)),
+)
+OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
 
 #: Every signature an exported model offers, by name.
 SIGNATURES: dict[str, Signature] = {

@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from serving.contract import ASSETS_EXTRA, LABELS_FILE, SIGNATURE_PIXELS, WARMUP_FILE
 from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
-from serving.contract import ASSETS_EXTRA, LABELS_FILE, WARMUP_FILE
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def replay_warmup(loaded: LoadedVersion) -> int:
     for raw in tf.data.TFRecordDataset(str(path)):
         request = prediction_log_pb2.PredictionLog.FromString(raw.numpy()).predict_log.request
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-        loaded.predict(request.model_spec.signature_name or "serving_default", inputs)
+        loaded.predict(request.model_spec.signature_name or SIGNATURE_PIXELS, inputs)
         count += 1
     return count
 

@@ -16,9 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from serving.contract import CLASS_NAMES
 from serving.client import ClientError, GrpcClient, LocalClient, RestClient
-from serving.contract import BUNDLED_MODEL_BASE
+from serving.contract import BUNDLED_MODEL_BASE, CLASS_NAMES, IMAGE_SIZE, PROBABILITIES
 from serving.model_store import local_versions
 
 CASCADE = "haarcascade_frontalface_default.xml"
@@ -69,7 +68,7 @@ def crop_face(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.nd
     if box is not None:
         x, y, w, h = box
         gray = gray[y:y + h, x:x + w]
-    return cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
 
 
 def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClient,
@@ -93,7 +92,7 @@ def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClien
             faces.append(crop_face(image, box if detect else None))
             owners.append(result)
     if faces:
-        probs = client.predict_pixels(np.stack(faces))["probabilities"]
+        probs = client.predict_pixels(np.stack(faces))[PROBABILITIES]
         for owner, p in zip(owners, probs):
             owner.probabilities.append([float(v) for v in p])
     return results

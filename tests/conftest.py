@@ -58,10 +58,9 @@ def served_val_predictions(model_dir: Path, dataset_dir: Path, tta: str
     served with ``tta``, and the true labels."""
     import keras
 
-    from components.dataset import VAL, FaceDataset
-    from components.dataset import to_model_input
-    from serving.contract import MODEL_FILE
+    from components.dataset import VAL, FaceDataset, to_model_input
     from components.train.tta import with_tta
+    from serving.contract import MODEL_FILE
 
     model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
     val = FaceDataset.load(dataset_dir).split(VAL)

@@ -10,9 +10,6 @@ from sklearn.metrics import f1_score, recall_score
 
 from components.dataset import VAL, FaceDataset, read_json
 from components.export import export
-from components.train.models import build_model
-from components.train.recipe import TrainConfig
-from components.train.train import train
 from components.train.calibrate import (
     TAU_GRID,
     PriorAdjustment,
@@ -23,8 +20,11 @@ from components.train.calibrate import (
     served,
     with_prior_adjustment,
 )
-from serving.contract import MODEL_FILE, SUMMARY_FILE
+from components.train.models import build_model
+from components.train.recipe import TrainConfig
+from components.train.train import train
 from components.train.tta import view_probabilities, with_tta
+from serving.contract import MODEL_FILE, SUMMARY_FILE
 from tests.conftest import served_val_predictions
 
 

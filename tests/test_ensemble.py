@@ -12,8 +12,6 @@ import tensorflow as tf
 
 from components.dataset import TRAIN, VAL, FaceDataset, read_json
 from components.export import export
-from components.train.recipe import TrainConfig
-from components.train.train import train
 from components.train.calibrate import adjust, class_prior
 from components.train.ensemble import (
     build_ensemble,
@@ -22,6 +20,8 @@ from components.train.ensemble import (
     without_prior_adjustment,
 )
 from components.train.models import build_model
+from components.train.recipe import TrainConfig
+from components.train.train import train
 from serving.contract import MODEL_FILE, SUMMARY_FILE
 from tests.conftest import served_val_predictions
 

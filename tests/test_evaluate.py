@@ -9,8 +9,12 @@ import pytest
 from PIL import Image
 
 from components.dataset import FaceDataset
-from components.evaluate import classification_metrics, evaluate, format_evaluation, gate
-
+from components.evaluate import (
+    classification_metrics,
+    evaluate,
+    format_evaluation,
+    gate,
+)
 
 # --- gate: pairs of (passes, blocked) around each rule -----------------------------------
 

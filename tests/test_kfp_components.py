@@ -1,6 +1,7 @@
 """The KFP wrappers of the data steps: they compile, and run for real under kfp.local."""
 
 import json
+
 import pytest
 import yaml
 from kfp import compiler, dsl, local

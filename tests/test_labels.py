@@ -1,7 +1,7 @@
 import pytest
 
-from serving.contract import CLASS_NAMES, NUM_CLASSES
 from components.labels import class_id_from_name
+from serving.contract import CLASS_NAMES, NUM_CLASSES
 
 
 def test_fer2013_ids_in_order():

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from keras import layers
 
-from components.train.models import MODEL_BUILDERS, build_model, freeze_base, pretrained_base, unfreeze_base
 from components.train.fit import dtype_policy
+from components.train.models import (
+    MODEL_BUILDERS,
+    build_model,
+    freeze_base,
+    pretrained_base,
+    unfreeze_base,
+)
 
 
 def test_the_zoo_has_every_architecture():

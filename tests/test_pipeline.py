@@ -13,6 +13,14 @@ from kfp import components
 from components.export import SIGNATURE_IMAGES, SIGNATURE_PIXELS
 from pipeline.cli import main
 from pipeline.local_run import format_run_summary, run_local
+from components.train.recipe import (
+    RecipeError,
+    TrainConfig,
+    default_value,
+    field_type,
+    recipe_fields,
+    variant_config,
+)
 from pipeline.profiles import PROFILES, profile_parameters
 from tests.conftest import real_faces
 
@@ -34,7 +42,8 @@ def test_compile_writes_ir_yaml_that_loads_back(tmp_path, capsys):
     assert "parameterIterator" in out.read_text()  # the ParallelFor over architectures
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["source"]["defaultValue"] == "gs://bucket/fer2013"
-    assert defaults["epochs"]["defaultValue"] == PROFILES["full"]["epochs"]
+    assert defaults["recipe"]["defaultValue"] == {
+        **TrainConfig().recipe(), **PROFILES["full"]["recipe"]}
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "fer-pipeline"
     assert {"source", "serving_base", "architectures", "f1_threshold", "min_improvement",
@@ -48,20 +57,20 @@ def test_recipe_flags_become_pipeline_parameters(tmp_path):
     defaults = {k: v.get("defaultValue") for k, v in
                 yaml.safe_load(out.read_text())["root"]["inputDefinitions"]["parameters"].items()}
     assert defaults["architectures"] == PROFILES["cpu"]["architectures"]
-    assert (defaults["optimizer"], defaults["label_smoothing"], defaults["tta"]) == ("sgd", 0.2,
-                                                                                    "crops")
-    assert defaults["schedule"] == "cosine" and defaults["augmentation"] == "light"
+    recipe = defaults["recipe"]
+    assert (recipe["optimizer"], recipe["label_smoothing"], recipe["tta"]) == ("sgd", 0.2,
+                                                                               "crops")
+    assert recipe["schedule"] == "cosine" and recipe["augmentation"] == "light"
     assert defaults["model_options"] == PROFILES["cpu"]["model_options"]
     assert defaults["classic_baseline"] is True
-    # The train (inside the loop), export (inside the condition) and evaluate tasks take them.
+    # The train (inside the loop), export (inside the condition) and evaluate tasks take it.
     text = out.read_text()
-    for name in ("optimizer", "schedule", "warmup_epochs", "label_smoothing", "class_balance",
-                 "augmentation", "tta", "logit_adjustment"):
-        assert f"pipelinechannel--{name}" in text, name
-    evaluate = yaml.safe_load(text)["root"]["dag"]["tasks"]["evaluate-op"]["inputs"]["parameters"]
+    assert "pipelinechannel--recipe" in text
+    tasks = yaml.safe_load(text)["root"]["dag"]["tasks"]
+    evaluate = tasks["evaluate-op"]["inputs"]["parameters"]
     assert evaluate["classic_baseline"] == {"componentInputParameter": "classic_baseline"}
-    assert evaluate["tta"] == {"componentInputParameter": "tta"}
-    select = yaml.safe_load(text)["root"]["dag"]["tasks"]["select-best-op"]["inputs"]
+    assert evaluate["recipe"] == {"componentInputParameter": "recipe"}
+    select = tasks["select-best-op"]["inputs"]
     assert select["parameters"]["ensemble"] == {"componentInputParameter": "ensemble"}
     assert "dataset" in select["artifacts"]
 
@@ -81,27 +90,100 @@ def test_model_options_become_a_pipeline_parameter(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_every_profile_names_known_settings():
-    from components.train.recipe import TrainConfig
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_every_profile_names_known_settings(name):
     from components.train.models import MODEL_BUILDERS, build_model
 
-    for name, params in PROFILES.items():
-        assert set(params["architectures"]) <= set(MODEL_BUILDERS), name
-        recipe = {k: params[k] for k in ("optimizer", "schedule", "warmup_epochs",
-                                          "label_smoothing", "class_balance", "augmentation",
-                                          "logit_adjustment")
-                  if k in params}
-        TrainConfig(epochs=params["epochs"], **recipe)  # raises on a bad setting
-        for arch, kwargs in params.get("model_options", {}).items():  # builders take them
-            assert arch in params["architectures"], (name, arch)
-            assert build_model(arch, **kwargs).count_params() > 0
+    params = PROFILES[name]
+    assert set(params["architectures"]) <= set(MODEL_BUILDERS), name
+    TrainConfig.from_dict(params["recipe"])  # raises on a bad setting
+    for arch, kwargs in params.get("model_options", {}).items():  # builders take them
+        assert arch in params["architectures"], (name, arch)
+        assert build_model(arch, **kwargs).count_params() > 0
 
 
 def test_profiles_and_overrides():
-    params = profile_parameters("smoke", epochs=3, f1_threshold=None)
-    assert params["epochs"] == 3 and params["f1_threshold"] == PROFILES["smoke"]["f1_threshold"]
+    params = profile_parameters("smoke", {"epochs": 3}, f1_threshold=None)
+    assert params["recipe"]["epochs"] == 3
+    assert params["recipe"]["batch_size"] == PROFILES["smoke"]["recipe"]["batch_size"]
+    assert params["f1_threshold"] == PROFILES["smoke"]["f1_threshold"]
     with pytest.raises(ValueError, match="unknown profile"):
         profile_parameters("huge")
+    with pytest.raises(RecipeError, match="set per run or variant") as err:
+        profile_parameters("smoke", {"seed": 3})
+    assert err.value.field == "seed"
+
+
+def reaching_value(f):
+    """A valid value other than the default for a recipe field, and the flags it needs."""
+    kind, default = field_type(f.name), default_value(f.name)
+    if kind is bool:
+        return not default, []
+    if f.metadata.get("choices"):
+        return next(c for c in reversed(f.metadata["choices"]) if c != default), []
+    if kind is dict:
+        return {"rotation": 5.0}, []
+    if kind is int:
+        needs = {"warmup_epochs": ["--schedule", "cosine"],  # warm-up is cosine's
+                 "freeze_base_epochs": ["--warmup-epochs", "0"]}  # within the first phase
+        return default + 1, needs.get(f.name, [])
+    return (default or 0.05) * 2, []
+
+
+def flag_for(f, value) -> list[str]:
+    flag = "--" + f.name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    return [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+
+
+@pytest.mark.parametrize("f", recipe_fields(), ids=lambda f: f.name)
+def test_every_recipe_field_reaches_the_train_task(f, tmp_path, monkeypatch):
+    """Nothing in the CLI, the pipeline or the component names recipe fields: each one,
+    present or future, travels from a flag of run, compile and submit to the train task's
+    TrainConfig."""
+    value, extra = reaching_value(f)
+    if f.name != "epochs":  # room for warm-up and frozen epochs in every profile
+        extra += ["--epochs", "20"]
+    argv = [*flag_for(f, value), *extra]
+    # compile: the flag becomes the recipe parameter's default in the YAML...
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-o", str(out), *argv]) == 0
+    recipe = yaml.safe_load(out.read_text())["root"]["inputDefinitions"]["parameters"][
+        "recipe"]["defaultValue"]
+    # ... and the train component rebuilds it (KFP turns ints into doubles on the way).
+    config = variant_config(recipe, "baseline_cnn", 7, {}, "")
+    assert getattr(config, f.name) == value
+    # run and submit build the same parameters from the same flags.
+    seen = []
+    monkeypatch.setattr("pipeline.local_run.run_local",
+                        lambda params, root: seen.append(params) or {})
+    monkeypatch.setattr("pipeline.local_run.format_run_summary", lambda summary: "")
+    monkeypatch.setattr("pipeline.submit.submit",
+                        lambda host, params, **kw: seen.append(params) or {
+                            "run_id": "r", "url": "u", "experiment": "e"})
+    assert main(["run", *argv]) == 0
+    assert main(["submit", "--host", "http://127.0.0.1:1", "--source", "gs://b/f",
+                 "--serving-base", "gs://b/s", *argv]) == 0
+    assert [p["recipe"][f.name] for p in seen] == [value, value]
+
+
+@pytest.mark.parametrize("command", ["run", "compile", "submit"])
+@pytest.mark.parametrize("argv, named", [
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--warmup-epochs", "2", "--schedule", "plateau", "--epochs", "9"], "warmup_epochs needs"),
+    (["--label-smoothing", "1.5"], "label_smoothing must be in"),
+    (["--augmentation-kwargs", '{"rotation": 5}', "--batch-size", "-3"], "batch_size"),
+])
+def test_an_invalid_recipe_exits_2_naming_the_field_before_any_step(command, argv, named,
+                                                                    tmp_path, capsys):
+    extra = {"run": ["--pipeline-root", str(tmp_path / "kfp")],
+             "compile": ["-o", str(tmp_path / "p.yaml")],
+             "submit": ["--host", "http://127.0.0.1:1", "--source", "gs://b/f",
+                        "--serving-base", "gs://b/s"]}[command]
+    assert main([command, *extra, *argv]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "kfp").exists() and not (tmp_path / "p.yaml").exists()
 
 
 def test_unknown_architecture_is_refused_before_running(capsys, tmp_path):
@@ -139,7 +221,7 @@ def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_f
                                 serving_base=str(tmp_path / "serving"), model_name="fer",
                                 max_train_per_class=0, f1_threshold=0.0, seed=11,
                                 model_options={"baseline_cnn": {"dense_units": 64}},
-                                logit_adjustment=True)
+                                recipe={"logit_adjustment": True})
     first = run_local(params, tmp_path / "kfp")
     assert first["deployment"]["created"] and first["deployment"]["version"] == 1
     assert first["gate"]["passed"] and first["gate"]["champion_version"] is None
@@ -168,7 +250,7 @@ def test_a_local_run_can_serve_the_ensemble_of_its_variants(small_fer, tmp_path)
                                 seed=12, architectures=["baseline_cnn", "configurable_cnn"],
                                 model_options={"baseline_cnn": {"dense_units": 32},
                                                "configurable_cnn": {"filters": [8, 16]}},
-                                ensemble=True, logit_adjustment=True)
+                                ensemble=True, recipe={"logit_adjustment": True})
     run = run_local(params, tmp_path / "kfp")
     board = run["selection"]["leaderboard"]
     assert run["selection"]["winner"] == "ensemble"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from components.deploy import deploy
-from serving.contract import CLASS_NAMES
 from pipeline.cli import main
+from serving.contract import CLASS_NAMES
 from serving.predict import detect_faces
 from tests.conftest import real_faces
 

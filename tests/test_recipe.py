@@ -14,10 +14,6 @@ import tensorflow as tf
 from components.dataset import FaceDataset
 from components.evaluate import evaluate, format_evaluation
 from components.export import SIGNATURE_PIXELS, export
-from components.train.models import build_model
-from components.train.recipe import TrainConfig
-from components.train.train import train
-from components.train.tta import with_tta
 from components.train.augment import (
     AUGMENTATION_PRESETS,
     augmentation_from_preset,
@@ -25,7 +21,10 @@ from components.train.augment import (
 )
 from components.train.data import balanced_dataset
 from components.train.fit import learning_rate_schedule, make_loss, make_optimizer
-from components.train.tta import crop_offsets
+from components.train.models import build_model
+from components.train.recipe import TrainConfig
+from components.train.train import train
+from components.train.tta import crop_offsets, with_tta
 
 SMALL = {"filters": (8, 16), "dense_units": 32}  # a small baseline_cnn: fast on 2 cores
 

@@ -15,11 +15,17 @@ import pytest
 
 from components.evaluate import evaluate
 from components.export import export
-from serving.contract import CLASS_NAMES
 from pipeline.cli import main
-from pipeline.release import CARD_FILE, ReleaseError, directory_bytes, model_card, release
-from serving.client import ClientError, LocalClient
+from pipeline.release import (
+    CARD_FILE,
+    ReleaseError,
+    directory_bytes,
+    model_card,
+    release,
+)
 from serving import predict
+from serving.client import ClientError, LocalClient
+from serving.contract import CLASS_NAMES
 from tests.conftest import face_pixels, real_faces
 
 

@@ -8,9 +8,9 @@ import sys
 
 from PIL import Image
 
-from serving.contract import CLASS_NAMES
 from pipeline.cli import main
 from pipeline.data_steps import run_data_steps
+from serving.contract import CLASS_NAMES
 from tests.conftest import fer_root
 
 

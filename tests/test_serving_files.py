@@ -13,7 +13,13 @@ import requests
 
 from components.deploy import deploy
 from serving.model_store import VersionPolicy
-from serving.server import LocalServer, build_parser, main, model_stores, stores_from_config
+from serving.server import (
+    LocalServer,
+    build_parser,
+    main,
+    model_stores,
+    stores_from_config,
+)
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from tensorflow_serving.apis import (
 )
 
 from components.deploy import deploy
-from serving.contract import CLASS_NAMES
 from serving.client import ClientError, GrpcClient, RestClient
+from serving.contract import CLASS_NAMES
 from tests.conftest import face_pixels, real_faces
 
 

@@ -133,7 +133,8 @@ def test_submit_sends_the_compiled_package_and_the_parameters(kfp_api, capsys):
     assert params["source"] == "gs://fer-data/fer2013"
     assert params["serving_base"] == "gs://fer-models/serving"
     assert params["architectures"] == ["baseline_cnn", "vgg19"]
-    assert params["epochs"] == 7 and params["seed"] == 42
+    assert params["recipe"]["epochs"] == 7 and params["seed"] == 42
+    assert params["recipe"]["optimizer"] == "sgd"  # the full profile's recipe under the flag
     assert "url:      " + kfp_api.url + "/#/runs/details/run-1" in out
     assert "state:" not in out  # without --wait it does not watch the run
 
@@ -171,6 +172,12 @@ def test_caching_is_on_by_default(tmp_path):
     cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
     assert {"ingest-op", "preprocess-op", "class-weights-op"} <= cached
     assert "evaluate-op" not in cached  # the champion may change between identical runs
+
+
+def test_an_invalid_recipe_is_refused_before_anything_is_sent(kfp_api, capsys):
+    assert main([*SUBMIT, "--host", kfp_api.url, "--label-smoothing", "1.5"]) == 2
+    assert "label_smoothing must be in [0, 1)" in capsys.readouterr().err
+    assert kfp_api.requests == []  # not even the health check
 
 
 def test_submit_needs_locations_the_cluster_can_read(kfp_api, capsys):

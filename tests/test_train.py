@@ -12,9 +12,8 @@ from PIL import Image
 from components.dataset import DataError, FaceDataset
 from components.train.ensemble import select_best
 from components.train.models import MODEL_BUILDERS, build_model
-from components.train.recipe import builder_kwargs, checkpoint_dir, TrainConfig
-from components.train.train import train
-from components.train.train import predict_proba
+from components.train.recipe import TrainConfig, builder_kwargs, checkpoint_dir
+from components.train.train import predict_proba, train
 
 
 @pytest.mark.parametrize("architecture", sorted(MODEL_BUILDERS))

@@ -30,8 +30,8 @@ from components.ingest.readers import (
     split_from_name,
 )
 from components.ingest.sources import Source, open_source
-from serving.contract import CLASS_NAMES
 from components.labels import class_id_from_name
+from serving.contract import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import keras
 from keras import layers, ops
 
 from components.train.recipe import AUGMENTATION_PRESETS
+from serving.contract import PIXELS_INPUT
 
 VALUE_RANGE = (0.0, 255.0)
 
@@ -104,6 +105,6 @@ def with_augmentation(model: keras.Model, augmentation: keras.Sequential) -> ker
 
     Fit the wrapper, save ``model``: the saved network carries no augmentation.
     """
-    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    inputs = keras.Input(shape=model.input_shape[1:], name=PIXELS_INPUT)
     outputs = model(augmentation(inputs))
     return keras.Model(inputs, outputs, name=f"{model.name}_augmented")

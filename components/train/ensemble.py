@@ -38,7 +38,7 @@ from components.dataset import (
 from components.train.calibrate import PriorAdjustment, fit_prior_adjustment, val_scores
 from components.train.recipe import check_tta
 from components.train.tta import view_probabilities
-from serving.contract import MODEL_FILE, SUMMARY_FILE
+from serving.contract import MODEL_FILE, PIXELS_INPUT, SUMMARY_FILE
 
 ENSEMBLE = "ensemble"
 
@@ -68,7 +68,7 @@ def build_ensemble(members: Sequence[keras.Model], name: str = ENSEMBLE) -> kera
         raise ValueError("ensemble members must share input shape and number of classes, got "
                          + ", ".join(f"{s} -> {k}" for s, k in sorted(shapes)))
     input_shape, _ = shapes.pop()
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    inputs = keras.Input(shape=input_shape, name=PIXELS_INPUT)
     outputs = [keras.Model(m.inputs, m.output, name=f"member_{i}")(inputs)
                for i, m in enumerate(members)]
     mean = layers.Average(name="ensemble_mean", dtype="float32")(outputs)

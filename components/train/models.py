@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from serving.contract import FACE_SHAPE, NUM_CLASSES
+from serving.contract import FACE_SHAPE, NUM_CLASSES, PIXELS_INPUT
 
 INPUT_SHAPE = FACE_SHAPE
 VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input
@@ -46,7 +46,7 @@ def build_baseline_cnn(input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: 
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    inputs = keras.Input(shape=input_shape, name=PIXELS_INPUT)
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for block, n in enumerate(filters, start=1):
         x = layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
@@ -77,7 +77,7 @@ def build_vgg19(input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: int = N
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    inputs = keras.Input(shape=input_shape, name=PIXELS_INPUT)
     rgb = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
     if weights is None:
         x = layers.Rescaling(1.0 / 255, name="rescale")(rgb)
@@ -144,7 +144,7 @@ def build_resnet_small(input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: 
     _check_downsampling(input_shape, len(widths) - 1, "stages after the first")
     _check_dropout("dropout", dropout)
 
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    inputs = keras.Input(shape=input_shape, name=PIXELS_INPUT)
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
@@ -176,7 +176,7 @@ def build_separable_cnn(input_shape: tuple[int, ...] = INPUT_SHAPE,
     _check_downsampling(input_shape, len(widths), "widths (modules)")
     _check_dropout("dropout", dropout)
 
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    inputs = keras.Input(shape=input_shape, name=PIXELS_INPUT)
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for i in (1, 2):
         x = layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
@@ -241,7 +241,7 @@ def _check_cnn(input_shape: tuple[int, ...], filters: Sequence[int], depth: int,
 def _conv_net(input_shape: tuple[int, ...], num_classes: int, filters: Sequence[int],
               depth: int, kernel_size: int, dropout: float, batch_norm: bool,
               dense_units: Sequence[int], head_dropout: float, name: str) -> keras.Model:
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    inputs = keras.Input(shape=input_shape, name=PIXELS_INPUT)
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for block, n in enumerate(filters, start=1):
         for conv in range(1, depth + 1):

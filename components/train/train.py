@@ -24,7 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from components.class_weights import load_class_weights
-from components.dataset import TRAIN, VAL, DataError, FaceDataset, to_model_input, write_json
+from components.dataset import (
+    TRAIN,
+    VAL,
+    DataError,
+    FaceDataset,
+    to_model_input,
+    write_json,
+)
 from components.report import plot_history
 from components.train.augment import augmentation_from_preset, with_augmentation
 from components.train.calibrate import fit_prior_adjustment, val_scores

@@ -19,6 +19,7 @@ import numpy as np
 from keras import layers, ops
 
 from components.train.recipe import TTA_MODES, check_tta
+from serving.contract import PIXELS_INPUT
 
 CROP_SIZE = 44
 
@@ -89,7 +90,7 @@ def with_tta(model: keras.Model, mode: str = "flip", crop_size: int = CROP_SIZE)
     height, width = model.input_shape[1:3]
     if mode == "crops" and not 0 < crop_size < min(height, width):
         raise ValueError(f"crop_size must be in (0, {min(height, width)}), got {crop_size}")
-    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    inputs = keras.Input(shape=model.input_shape[1:], name=PIXELS_INPUT)
     views = TTAViews(mode, crop_size, name="tta_views")
     probabilities = model(views(inputs))
     outputs = ViewMean(views.num_views(), name="tta_mean", dtype="float32")(probabilities)
