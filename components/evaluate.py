@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import (
@@ -24,10 +23,11 @@ from sklearn.metrics import (
 from components.baseline import classic_baseline
 from components.dataset import DataError, FaceDataset, held_out_split, write_json
 from components.deploy import find_champion
+from components.train.models import load_trained
 from components.train.recipe import check_tta
 from components.train.train import predict_proba
 from components.train.tta import with_tta
-from serving.contract import CLASS_NAMES, METRICS_FILE, MODEL_FILE, NUM_CLASSES
+from serving.contract import CLASS_NAMES, METRICS_FILE, NUM_CLASSES
 
 CONFUSION_PNG = "confusion_matrix.png"
 LABELS = list(range(NUM_CLASSES))
@@ -129,7 +129,7 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
     split, held_out = held_out_split(data)
     if len(held_out) == 0:
         raise DataError(f"{dataset_dir}: no test or val items to evaluate on")
-    model = with_tta(keras.models.load_model(Path(model_dir) / MODEL_FILE), tta)
+    model = with_tta(load_trained(model_dir), tta)
     y_pred = predict_proba(model, held_out.images).argmax(axis=1)
     metrics = classification_metrics(held_out.labels, y_pred)
     metrics["split"] = split

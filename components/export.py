@@ -24,6 +24,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.dataset import FaceDataset, held_out_split, to_model_input, write_json
+from components.train.models import load_trained
 from components.train.recipe import check_tta
 from components.train.tta import with_tta
 from serving.contract import (
@@ -35,7 +36,6 @@ from serving.contract import (
     IMAGE_SIZE,
     LABELS_FILE,
     METRICS_FILE,
-    MODEL_FILE,
     NUM_CLASSES,
     PROBABILITIES,
     SIGNATURE_IMAGES,
@@ -208,7 +208,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ExportError(f"{output_dir} already exists and is not empty")
-    model = with_tta(keras.models.load_model(Path(model_dir) / MODEL_FILE), tta)
+    model = with_tta(load_trained(model_dir), tta)
     faces = sample_faces(dataset_dir, model)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:

@@ -16,7 +16,7 @@ from components.baseline import (
 )
 from components.evaluate import evaluate, format_evaluation
 from serving.contract import CLASS_NAMES
-from tests.conftest import face_pixels, real_faces
+from tests.helpers import face_pixels, real_faces
 
 
 def load(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from components.train.recipe import TrainConfig
 from components.train.train import train
 from components.train.tta import view_probabilities, with_tta
 from serving.contract import MODEL_FILE, SUMMARY_FILE
-from tests.conftest import served_val_predictions
+from tests.helpers import served_val_predictions
 
 
 def prior_biased_classifier(n: int, prior: np.ndarray, seed: int = 0):

@@ -26,7 +26,7 @@ from pipeline.pipeline import TrainResources, build_pipeline
 from pipeline.profiles import profile_parameters
 from serving.model_store import ModelStore
 from serving.server import LocalServer
-from tests.conftest import face_pixels, free_port, real_faces
+from tests.helpers import face_pixels, free_port, real_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from components.train.models import build_model
 from components.train.recipe import TrainConfig
 from components.train.train import train
 from serving.contract import MODEL_FILE, SUMMARY_FILE
-from tests.conftest import served_val_predictions
+from tests.helpers import served_val_predictions
 
 
 @pytest.fixture(scope="module")

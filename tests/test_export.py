@@ -20,7 +20,7 @@ from components.export import (
     serving_endpoints,
 )
 from serving.contract import CLASS_NAMES
-from tests.conftest import real_faces
+from tests.helpers import real_faces
 
 
 @pytest.fixture(scope="module")

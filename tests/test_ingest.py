@@ -15,7 +15,7 @@ from PIL import Image
 from components.dataset import NO_SPLIT, TEST, TRAIN, VAL, DataError, FaceDataset
 from components.ingest import ingest
 from serving.contract import CLASS_NAMES
-from tests.conftest import face_pixels, fer_root, make_subset, real_faces
+from tests.helpers import face_pixels, fer_root, make_subset, real_faces
 
 
 def read_manifest(out: Path) -> dict:

@@ -11,8 +11,6 @@ import yaml
 from kfp import components
 
 from components.export import SIGNATURE_IMAGES, SIGNATURE_PIXELS
-from pipeline.cli import main
-from pipeline.local_run import format_run_summary, run_local
 from components.train.recipe import (
     RecipeError,
     TrainConfig,
@@ -21,8 +19,10 @@ from components.train.recipe import (
     recipe_fields,
     variant_config,
 )
+from pipeline.cli import main
+from pipeline.local_run import format_run_summary, run_local
 from pipeline.profiles import PROFILES, profile_parameters
-from tests.conftest import real_faces
+from tests.helpers import real_faces
 
 STEPS = ["ingest-op", "preprocess-op", "class-weights-op", "data-report-op", "train-op",
          "select-best-op", "evaluate-op", "export-op", "deploy-op", "skip-deploy-op"]

@@ -12,7 +12,7 @@ from components.deploy import deploy
 from pipeline.cli import main
 from serving.contract import CLASS_NAMES
 from serving.predict import detect_faces
-from tests.conftest import real_faces
+from tests.helpers import real_faces
 
 # Faces that OpenCV's frontal-face cascade finds once enlarged (checked on ../shared/fer2013).
 PHOTO_FACES = [("happy", "PublicTest_10130075.jpg"), ("surprise", "PublicTest_10709121.jpg"),
@@ -28,7 +28,7 @@ def server(exported_model, tmp_path, serve):
 @pytest.fixture
 def group_photo(tmp_path):
     """A 900x320 colour 'photo' with three real FER2013 faces, enlarged, side by side."""
-    from tests.conftest import fer_root
+    from tests.helpers import fer_root
 
     canvas = np.full((320, 900, 3), (90, 140, 170), np.uint8)
     for k, (cls, name) in enumerate(PHOTO_FACES):

@@ -10,7 +10,7 @@ import pytest
 from components.dataset import NO_SPLIT, TEST, TRAIN, VAL, DataError, FaceDataset
 from components.ingest import ingest
 from components.preprocess import assign_splits, preprocess, stratified_slice
-from tests.conftest import make_subset
+from tests.helpers import make_subset
 
 
 def synthetic(labels, splits, images=None) -> FaceDataset:

@@ -26,7 +26,7 @@ from pipeline.release import (
 from serving import predict
 from serving.client import ClientError, LocalClient
 from serving.contract import CLASS_NAMES
-from tests.conftest import face_pixels, real_faces
+from tests.helpers import face_pixels, real_faces
 
 
 @pytest.fixture(scope="module")

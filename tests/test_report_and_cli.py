@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.data_steps import run_data_steps
 from serving.contract import CLASS_NAMES
-from tests.conftest import fer_root
+from tests.helpers import fer_root
 
 
 def test_data_steps_and_report(subset, tmp_path):

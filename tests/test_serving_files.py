@@ -20,7 +20,7 @@ from serving.server import (
     model_stores,
     stores_from_config,
 )
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
 from components.deploy import deploy
 from serving.client import ClientError, GrpcClient, RestClient
 from serving.contract import CLASS_NAMES
-from tests.conftest import face_pixels, real_faces
+from tests.helpers import face_pixels, real_faces
 
 
 @pytest.fixture

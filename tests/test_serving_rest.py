@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.deploy import deploy
-from tests.conftest import face_pixels, real_faces
+from tests.helpers import face_pixels, real_faces
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from components.deploy import deploy
 from serving.client import ClientError, GrpcClient, RestClient
-from tests.conftest import face_pixels, real_faces
+from tests.helpers import face_pixels, real_faces
 
 
 def expected_probs(saved_model, faces):

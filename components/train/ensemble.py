@@ -36,6 +36,7 @@ from components.dataset import (
     write_json,
 )
 from components.train.calibrate import PriorAdjustment, fit_prior_adjustment, val_scores
+from components.train.models import load_trained
 from components.train.recipe import check_tta
 from components.train.tta import view_probabilities
 from serving.contract import MODEL_FILE, PIXELS_INPUT, SUMMARY_FILE
@@ -98,7 +99,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
     members, rows, probabilities = [], [], []
     faces = to_model_input(val_set.images)
     for d in model_dirs:
-        member = without_prior_adjustment(keras.models.load_model(Path(d) / MODEL_FILE))
+        member = without_prior_adjustment(load_trained(d))
         views = view_probabilities(member, faces, tta)  # [V,N,K]
         summary_path = Path(d) / SUMMARY_FILE
         trained = read_json(summary_path) if summary_path.is_file() else {}

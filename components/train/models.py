@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from serving.contract import FACE_SHAPE, NUM_CLASSES, PIXELS_INPUT
+from serving.contract import FACE_SHAPE, MODEL_FILE, NUM_CLASSES, PIXELS_INPUT
 
 INPUT_SHAPE = FACE_SHAPE
 VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input
@@ -341,3 +341,12 @@ def build_model(architecture: str, **kwargs) -> keras.Model:
         raise ValueError(f"unknown architecture {architecture!r}; "
                          f"known: {', '.join(sorted(MODEL_BUILDERS))}") from None
     return builder(**kwargs)
+
+
+def load_trained(model_dir: str | Path) -> keras.Model:
+    """The trained model a train, select or ensemble step wrote to ``model_dir``
+    (``model.keras``), with the project's custom layers (logit adjustment, TTA views,
+    augmentation) registered first, whatever the caller imported."""
+    from components.train import augment, calibrate, tta  # noqa: F401 (register their layers)
+
+    return keras.models.load_model(Path(model_dir) / MODEL_FILE)
