@@ -28,6 +28,9 @@ class DataError(Exception):
 
 @dataclass
 class FaceDataset:
+    """Faces with their labels, splits and source ids, one row per item: what a dataset's
+    ``faces.npz`` holds. The arrays are checked to agree on construction."""
+
     images: np.ndarray  # uint8 [N, 48, 48]
     labels: np.ndarray  # int64 [N], FER2013 ids 0..6
     splits: np.ndarray  # str [N], one of SPLITS or NO_SPLIT
@@ -50,6 +53,8 @@ class FaceDataset:
         return len(self.images)
 
     def subset(self, mask_or_index: np.ndarray) -> FaceDataset:
+        """The items ``mask_or_index`` (a boolean mask or an index array) selects, as a new
+        dataset."""
         return FaceDataset(
             self.images[mask_or_index],
             self.labels[mask_or_index],
@@ -58,9 +63,13 @@ class FaceDataset:
         )
 
     def split(self, name: str) -> FaceDataset:
+        """The items of the split ``name`` (``train``, ``val``, ``test``, or ``""`` for those
+        without one)."""
         return self.subset(self.splits == name)
 
     def save(self, directory: str | Path) -> Path:
+        """Write the dataset as ``faces.npz`` into ``directory`` (created if missing); return the
+        file's path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / FACES_FILE
@@ -75,6 +84,8 @@ class FaceDataset:
 
     @classmethod
     def load(cls, directory: str | Path) -> FaceDataset:
+        """The dataset saved in ``directory``; raises :class:`DataError` when its ``faces.npz``
+        is missing."""
         path = Path(directory) / FACES_FILE
         if not path.is_file():
             raise DataError(f"no dataset at {directory}: {FACES_FILE} is missing")
@@ -96,6 +107,8 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` to ``path`` as indented JSON, creating its parent directory; return
+    ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
@@ -103,6 +116,8 @@ def write_json(path: str | Path, payload: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``; raises :class:`DataError` when the file is missing or not
+    valid JSON."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing file: {path}")

@@ -35,6 +35,9 @@ LABELS = list(range(NUM_CLASSES))
 
 @dataclass
 class GateDecision:
+    """The gate's verdict on a candidate: whether it may be deployed, why, and the numbers it was
+    judged on (the champion's are ``None`` when none is deployed)."""
+
     passed: bool
     reason: str
     macro_f1: float
@@ -96,6 +99,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 
 def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
+    """The confusion matrix ``cm`` (counts, one row per true class) normalized per row, drawn
+    under ``title`` and saved at ``path``; returns ``path``."""
     fig = Figure(figsize=(7.5, 6.5), dpi=100)
     ax = fig.subplots()
     cm = np.asarray(cm)
@@ -162,6 +167,8 @@ def evaluate_candidate(model_dir: str | Path, dataset_dir: str | Path, output_di
 
 
 def format_evaluation(metrics: dict[str, Any]) -> str:
+    """The text the CLI prints for :func:`evaluate`'s ``metrics``: overall and per-class scores,
+    the most confused pairs, the baseline if any, and the gate decision."""
     tta = metrics.get("tta", "none")
     lines = [f"evaluation on {metrics['split']} ({metrics['items']:,} faces"
              f"{'' if tta == 'none' else f', TTA {tta}'}): accuracy "

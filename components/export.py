@@ -99,6 +99,8 @@ def serving_endpoints(model: keras.Model) -> Endpoints:
 
 def write_saved_model(model: keras.Model, path: Path,
                       endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints) -> None:
+    """Write ``model`` as a SavedModel at ``path``, with the signatures ``endpoints`` builds over
+    it (by default the contract's two)."""
     archive = keras.export.ExportArchive()
     # No archive.track(model): the endpoints' own variables are tracked anyway, and tracking
     # the model as well stores every weight twice (keras-team/keras#23553: 2x the files and
@@ -109,6 +111,7 @@ def write_saved_model(model: keras.Model, path: Path,
 
 
 def png_bytes(face: np.ndarray) -> bytes:
+    """A uint8 grayscale face [48, 48] encoded as PNG bytes."""
     buf = io.BytesIO()
     Image.fromarray(face).save(buf, format="PNG")
     return buf.getvalue()

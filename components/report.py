@@ -48,6 +48,8 @@ def data_report(dataset_dir: str | Path, output_dir: str | Path,
 
 
 def plot_class_distribution(counts: dict[str, dict[str, int]], path: Path) -> Path:
+    """A bar chart of ``counts`` (``{split: {class_name: n}}``), one bar per class and split,
+    saved at ``path``; returns ``path``."""
     fig = Figure(figsize=(9, 4.5), dpi=100)
     ax = fig.subplots()
     splits = list(counts)

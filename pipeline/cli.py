@@ -1,3 +1,5 @@
+# Length: the argument parsers of seven commands, each flag with its help text; what the
+# commands do lives in the modules they call (pipeline.*, serving.predict).
 """``fer-pipeline``: the project's one command line entry point.
 
 Subcommands:
@@ -290,6 +292,8 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fer-pipeline`` argument parser: one subcommand per job, each bound to its
+    ``_cmd_*`` function."""
     parser = argparse.ArgumentParser(prog="fer-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

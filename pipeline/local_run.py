@@ -56,6 +56,8 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, An
 
 
 def format_run_summary(summary: dict[str, Any]) -> str:
+    """The text the CLI prints for :func:`run_local`'s ``summary``: each variant's val scores,
+    the winner, its test score and gate, and the deployment."""
     lines = ["", "=" * 72, f"pipeline finished in {summary['seconds']:.0f} s", "variants:"]
     for row in summary["selection"]["leaderboard"]:
         lines.append(f"  {row['architecture']:<16} val macro F1 {row['val_macro_f1']:.4f}  "

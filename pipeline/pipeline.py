@@ -61,6 +61,7 @@ class TrainResources:
             raise ValueError("an accelerator count needs an accelerator type")
 
     def apply(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """Set these CPU, memory and accelerator requests on the train ``task``; return ``task``."""
         task.set_cpu_request(self.cpu_request).set_memory_request(self.memory_request)
         if self.accelerator_count:
             task.set_accelerator_type(self.accelerator_type)

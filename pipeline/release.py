@@ -29,6 +29,7 @@ class ReleaseError(Exception):
 
 
 def directory_bytes(path: Path) -> int:
+    """The total size in bytes of the files under ``path``."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 

@@ -69,6 +69,9 @@ def _result(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 class RestClient:
+    """A client of TF Serving's REST API at ``url`` for the model ``model_name``: its latest
+    version, or the ``version`` or ``label`` named."""
+
     def __init__(self, url: str, model_name: str = "fer", version: int | None = None,
                  label: str | None = None, timeout: float = 30.0,
                  session: requests.Session | None = None):
@@ -96,16 +99,22 @@ class RestClient:
         return payload
 
     def status(self) -> list[dict[str, Any]]:
+        """The model's version statuses (the ``model_version_status`` list)."""
         return self._call("GET", "")["model_version_status"]
 
     def metadata(self) -> dict[str, Any]:
+        """The model's metadata response, with its signature definitions."""
         return self._call("GET", "/metadata")
 
     def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
+        signature."""
         body = {"signature_name": SIGNATURE_PIXELS, "inputs": as_pixels(faces).tolist()}
         return _result(self._call("POST", ":predict", body)["outputs"])
 
     def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """Predictions for encoded images of any size, sent as base64, through the
+        ``predict_images`` signature."""
         body = {"signature_name": SIGNATURE_IMAGES,
                 "instances": [{"b64": base64.b64encode(b).decode()} for b in images]}
         rows = self._call("POST", ":predict", body)["predictions"]
@@ -113,6 +122,9 @@ class RestClient:
 
 
 class GrpcClient:
+    """A client of TF Serving's gRPC API at ``target`` (``host:port``) for the model
+    ``model_name``: its latest version, or the ``version`` or ``label`` named."""
+
     def __init__(self, target: str, model_name: str = "fer", version: int | None = None,
                  label: str | None = None, timeout: float = 30.0):
         self.channel = grpc.insecure_channel(
@@ -142,12 +154,16 @@ class GrpcClient:
         return _result({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
 
     def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
+        signature."""
         return self._predict(SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(as_pixels(faces)))
 
     def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """Predictions for encoded images of any size through the ``predict_images`` signature."""
         return self._predict(SIGNATURE_IMAGES, IMAGES_INPUT, tf.make_tensor_proto(images))
 
     def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """The model's ``GetModelMetadata`` response, with its signature definitions."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec)
         try:
@@ -157,6 +173,7 @@ class GrpcClient:
                               f"{exc.details()}", exc.code()) from exc
 
     def close(self) -> None:
+        """Close the gRPC channel."""
         self.channel.close()
 
 
@@ -178,7 +195,10 @@ class LocalClient:
             raise ClientError(str(exc), exc.status) from exc
 
     def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
+        signature."""
         return self._predict(SIGNATURE_PIXELS, {PIXELS_INPUT: as_pixels(faces)})
 
     def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """Predictions for encoded images of any size through the ``predict_images`` signature."""
         return self._predict(SIGNATURE_IMAGES, {IMAGES_INPUT: list(images)})

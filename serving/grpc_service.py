@@ -46,6 +46,9 @@ class _Base:
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
+    """TF Serving's gRPC ``PredictionService`` (``Predict``, ``GetModelMetadata``) over the model
+    stores."""
+
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         try:
             store, loaded = self._loaded(request.model_spec)
@@ -83,6 +86,8 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
 
 
 class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
+    """TF Serving's gRPC ``ModelService`` (``GetModelStatus``) over the model stores."""
+
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
             store = self._store(request.model_spec)

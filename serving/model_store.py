@@ -7,6 +7,10 @@ poller loads new versions in the background and swaps them in with one assignmen
 requests in flight finish on the version they started with and none is dropped. A version
 that fails to load is reported (state ``END`` with its error) and the versions already
 served stay.
+
+Length: one job, the life of a model's versions (discover, load, warm up, swap, report),
+whose parts share the store's state and lock; splitting them would spread one lock's rules
+over several files.
 """
 
 from __future__ import annotations
@@ -41,11 +45,15 @@ class ServingError(Exception):
 
 @dataclass
 class VersionPolicy:
+    """Which versions to serve: the ``num_versions`` latest (``latest``), the listed ``versions``
+    (``specific``), or every one (``all``)."""
+
     kind: str = "latest"  # latest | specific | all
     num_versions: int = 1
     versions: tuple[int, ...] = ()
 
     def choose(self, available: list[int]) -> set[int]:
+        """The versions to serve out of the ``available`` ones."""
         if self.kind == "all":
             return set(available)
         if self.kind == "specific":
@@ -55,6 +63,9 @@ class VersionPolicy:
 
 @dataclass
 class LoadedVersion:
+    """One loaded SavedModel version: its signatures (callable and as definitions) and its label
+    names."""
+
     version: int
     path: str
     signatures: dict[str, Any]  # name -> concrete function
@@ -63,6 +74,9 @@ class LoadedVersion:
     _module: Any = field(repr=False, default=None)  # keeps the loaded variables alive
 
     def predict(self, signature_name: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run the signature ``signature_name`` on ``inputs`` (input name -> values); return its
+        outputs as arrays. Raises :class:`ServingError` (400) for an unknown signature or bad
+        inputs."""
         if signature_name not in self.signatures:
             raise ServingError(400, f'Serving signature name: "{signature_name}" not found in '
                                f"signature def (has: {', '.join(sorted(self.signatures))})")
@@ -174,6 +188,8 @@ def load_version(path: str, version: int) -> LoadedVersion:
 
 
 def replay_warmup(loaded: LoadedVersion) -> int:
+    """Replay the warm-up requests saved with the version (TF Serving's file in ``assets.extra``)
+    through it; return how many ran (0 when it has none)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = Path(loaded.path) / ASSETS_EXTRA / WARMUP_FILE
@@ -252,6 +268,8 @@ class ModelStore:
                 settle_heap()
 
     def start(self) -> ModelStore:
+        """Load the versions to serve now, then poll for changes in a background thread; return
+        the store."""
         self.poll()
         self._thread = threading.Thread(target=self._run, name=f"poll-{self.name}", daemon=True)
         self._thread.start()
@@ -265,6 +283,7 @@ class ModelStore:
                 log.exception("polling %s failed; will retry", self.base_path)
 
     def stop(self) -> None:
+        """Stop the poller and delete the local cache of downloaded versions."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
@@ -273,6 +292,8 @@ class ModelStore:
     # ---------------------------------------------------------------- lookups
 
     def statuses(self, version: int | None = None) -> list[dict[str, Any]]:
+        """TF Serving's status of every version seen, newest first, or of ``version`` alone;
+        raises :class:`ServingError` (404) when there is none."""
         states = dict(self._states)
         if not states:
             raise ServingError(404, f"Could not find any versions of model {self.name}")
@@ -286,11 +307,15 @@ class ModelStore:
                 for v, s in sorted(states.items(), reverse=True)]
 
     def resolve_label(self, label: str) -> int:
+        """The version the label ``label`` stands for; raises :class:`ServingError` (404) for an
+        unknown label."""
         if label not in self.version_labels:
             raise ServingError(404, f"Unrecognized servable version label: {label}")
         return self.version_labels[label]
 
     def get(self, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        """The served version to answer with: ``version``, the one ``label`` stands for, or else
+        the latest; raises :class:`ServingError` (404) when it is not served."""
         served = self._served
         if label is not None:
             version = self.resolve_label(label)
@@ -304,4 +329,5 @@ class ModelStore:
 
     @property
     def served_versions(self) -> list[int]:
+        """The versions served now, ascending."""
         return sorted(self._served)

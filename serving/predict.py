@@ -25,18 +25,23 @@ CASCADE = "haarcascade_frontalface_default.xml"
 
 @dataclass
 class ImageResult:
+    """What prediction found in one image: its face boxes and their class probabilities, or an
+    ``error`` (unreadable image, no face found)."""
+
     path: str
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # x, y, w, h
     probabilities: list[list[float]] = field(default_factory=list)
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data: the image, per face its box, top emotion, confidence
+        and probability by class name, and the error (``None`` when there is none)."""
         faces = []
         for box, probs in zip(self.boxes, self.probabilities):
             top = int(np.argmax(probs))
             faces.append({"box": {"x": box[0], "y": box[1], "w": box[2], "h": box[3]},
                           "emotion": CLASS_NAMES[top], "confidence": round(probs[top], 4),
-                          "probabilities": {n: round(p, 4) for n, p in zip(CLASS_NAMES, probs)}})
+                          PROBABILITIES: {n: round(p, 4) for n, p in zip(CLASS_NAMES, probs)}})
         return {"image": self.path, "faces": faces, "error": self.error or None}
 
 
@@ -99,6 +104,8 @@ def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClien
 
 
 def annotate(path: str | Path, result: ImageResult, output: Path) -> Path:
+    """Draw each face's box and top emotion of ``result`` on the image at ``path``; write it to
+    ``output`` and return ``output``."""
     image = read_image(path)
     scale = max(image.shape[:2]) / 600
     for box, probs in zip(result.boxes, result.probabilities):
@@ -115,6 +122,8 @@ def annotate(path: str | Path, result: ImageResult, output: Path) -> Path:
 
 
 def format_results(results: list[ImageResult]) -> str:
+    """The results as the CLI's text: per image its faces, each with its box, top emotion and
+    every class's probability, or the image's error."""
     lines = []
     header = "  " + " ".join(f"{n[:8]:>8}" for n in CLASS_NAMES)
     for r in results:

@@ -89,6 +89,8 @@ def _jsonable(array: np.ndarray) -> Any:
 
 
 def format_predict_response(outputs: dict[str, np.ndarray], row: bool) -> dict[str, Any]:
+    """TF Serving's JSON for a predict's ``outputs``: ``predictions``, one entry per row, for a
+    row-format request (``row``); else ``outputs``, by output name."""
     if not row:
         return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
     names = sorted(outputs)
@@ -100,6 +102,8 @@ def format_predict_response(outputs: dict[str, np.ndarray], row: bool) -> dict[s
 
 
 def metadata_response(store: ModelStore, loaded: LoadedVersion) -> dict[str, Any]:
+    """The REST metadata response of the version ``loaded`` of ``store``'s model: its model spec
+    and signature definitions as JSON."""
     defs = get_model_metadata_pb2.SignatureDefMap(signature_def=loaded.signature_defs)
     return {
         "model_spec": {"name": store.name, "signature_name": "", "version": str(loaded.version)},
@@ -110,6 +114,8 @@ def metadata_response(store: ModelStore, loaded: LoadedVersion) -> dict[str, Any
 
 def create_app(stores: dict[str, ModelStore],
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+    """The Starlette app with TF Serving's REST routes (status, metadata, predict) over
+    ``stores`` (model name -> store); bodies over ``max_body_bytes`` are refused."""
     def store_for(request: Request) -> ModelStore:
         name = request.path_params["name"]
         if name not in stores:

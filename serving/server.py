@@ -75,6 +75,8 @@ class LocalServer:
         self._rest_thread: threading.Thread | None = None
 
     def start(self) -> LocalServer:
+        """Start the stores' pollers, the gRPC server and the REST server's thread; return the
+        server once REST listens. Raises ``OSError`` when REST fails to start."""
         for store in self.stores.values():
             store.start()
         self.grpc_server.start()
@@ -90,6 +92,8 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
+        """Stop the REST and gRPC servers, then the model stores (their pollers and download
+        caches)."""
         self.rest.should_exit = True
         if self._rest_thread:
             self._rest_thread.join(timeout=10)
@@ -106,6 +110,7 @@ class LocalServer:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fer-serve`` argument parser, with flags named like ``tensorflow_model_server``'s."""
     p = argparse.ArgumentParser(prog="fer-serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name", default="fer")
@@ -137,6 +142,8 @@ def model_stores(args: argparse.Namespace, bundled: Path = BUNDLED_MODEL_BASE,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``fer-serve``: serve the models the flags name until SIGINT or SIGTERM; return the exit
+    code (2 when the models cannot be set up or the servers not started)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -14,6 +14,7 @@ from google.cloud import storage
 
 
 def is_gcs_uri(uri: str) -> bool:
+    """Whether ``uri`` names Cloud Storage (``gs://...``)."""
     return uri.startswith("gs://")
 
 
@@ -28,6 +29,8 @@ def split_gcs_uri(uri: str) -> tuple[str, str]:
 
 
 def gcs_client() -> storage.Client:
+    """A Cloud Storage client with Application Default Credentials, or with anonymous ones when
+    ``STORAGE_EMULATOR_HOST`` names an emulator."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return storage.Client(
             credentials=AnonymousCredentials(),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, make_subset
+from tests.helpers import Killed, free_port, make_subset
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +110,29 @@ def serve(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def kill_after_epoch(monkeypatch):
+    """``kill_after_epoch(epoch, watch=None)``: training raises :class:`Killed` once, right
+    after epoch index ``epoch`` is checkpointed and logged, as if its process were killed
+    there; ``watch(callback, epoch)`` is called at every epoch's end before that, in this
+    run and in later ones of the test."""
+    import keras
+
+    log_epoch = keras.callbacks.CSVLogger.on_epoch_end  # runs after BackupAndRestore's save
+
+    def arm(epoch: int, watch=None) -> None:
+        fired = []
+
+        def end_of_epoch(self, index, logs=None):
+            log_epoch(self, index, logs)
+            if watch is not None:
+                watch(self, index)
+            if index == epoch and not fired:
+                fired.append(index)
+                raise Killed
+
+        monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", end_of_epoch)
+
+    return arm

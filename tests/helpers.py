@@ -64,3 +64,7 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Killed(Exception):
+    """Raised by :func:`tests.conftest.kill_after_epoch` in place of a killed process."""

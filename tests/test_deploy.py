@@ -89,10 +89,10 @@ def test_a_killed_deploy_leaves_only_a_hidden_staging_dir(saved_models, tmp_path
     assert deploy(saved_models[0], str(tmp_path / "serving"), "fer")["version"] == 1
 
 
-def test_bad_model_names(saved_models, tmp_path):
-    for name in ("", "a/b", ".hidden"):
-        with pytest.raises(ValueError, match="plain name"):
-            deploy(saved_models[0], str(tmp_path), name)
+@pytest.mark.parametrize("name", ["", "a/b", ".hidden"])
+def test_bad_model_names(saved_models, tmp_path, name):
+    with pytest.raises(ValueError, match="plain name"):
+        deploy(saved_models[0], str(tmp_path), name)
 
 
 def test_not_a_saved_model(tmp_path):

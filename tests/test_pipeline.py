@@ -83,11 +83,16 @@ def test_model_options_become_a_pipeline_parameter(tmp_path, capsys):
     assert spec["root"]["inputDefinitions"]["parameters"]["model_options"]["defaultValue"] == \
         json.loads(options)
     assert "pipelinechannel--model_options" in out.read_text()  # the train task takes it
-    for bad, message in (("{", "not JSON"), ('{"resnet9000": {}}', "unknown architecture"),
-                         ('{"configurable_cnn": 3}', "expected")):
-        with pytest.raises(SystemExit):
-            main(["compile", "-o", str(out), "--model-options", bad])
-        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{", "not JSON"), ('{"resnet9000": {}}', "unknown architecture(s) resnet9000"),
+    ('{"configurable_cnn": 3}', "expected {")])
+def test_bad_model_options_are_refused(bad, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compile", "-o", str(tmp_path / "p.yaml"), "--model-options", bad])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", list(PROFILES))

@@ -22,11 +22,12 @@ from components.train.augment import (
 from components.train.data import balanced_dataset
 from components.train.fit import learning_rate_schedule, make_loss, make_optimizer
 from components.train.models import build_model
-from components.train.recipe import TrainConfig
+from components.train.recipe import RecipeError, TrainConfig
 from components.train.train import train
 from components.train.tta import crop_offsets, with_tta
 
 SMALL = {"filters": (8, 16), "dense_units": 32}  # a small baseline_cnn: fast on 2 cores
+from tests.helpers import Killed
 
 
 @pytest.fixture(scope="module")
@@ -158,25 +159,48 @@ def test_balanced_sampling_draws_classes_equally(prepared):
     assert counts.sum() == 1200 and (np.abs(counts / 1200 - 1 / 3) < 0.05).all()
 
 
-def test_recipe_options_are_checked():
-    for kwargs, message in [({"optimizer": "rmsprop"}, "optimizer must be one of"),
-                            ({"schedule": "step"}, "schedule must be one of"),
-                            ({"class_balance": "oversample"}, "class_balance must be one of"),
-                            ({"augmentation": "heavy"}, "augmentation must be one of"),
-                            ({"warmup_epochs": 1}, "warmup_epochs needs schedule='cosine'"),
-                            ({"schedule": "cosine", "warmup_epochs": 30}, "warmup_epochs"),
-                            ({"label_smoothing": 1.0}, "label_smoothing"),
-                            ({"weight_decay": -1.0}, "weight_decay"),
-                            ({"freeze_base_epochs": 30}, "freeze_base_epochs")]:
-        with pytest.raises(ValueError, match=message):
-            TrainConfig(**kwargs)
+@pytest.mark.parametrize("kwargs, field, message", [
+    ({"optimizer": "rmsprop"}, "optimizer", "optimizer must be one of"),
+    ({"schedule": "step"}, "schedule", "schedule must be one of"),
+    ({"class_balance": "oversample"}, "class_balance", "class_balance must be one of"),
+    ({"augmentation": "heavy"}, "augmentation", "augmentation must be one of"),
+    ({"warmup_epochs": 1}, "warmup_epochs", "warmup_epochs needs schedule='cosine'"),
+    ({"schedule": "cosine", "warmup_epochs": 30}, "warmup_epochs", r"must be in \[0, 30\)"),
+    ({"label_smoothing": 1.0}, "label_smoothing", r"must be in \[0, 1\), got 1.0"),
+    ({"weight_decay": -1.0}, "weight_decay", "must be >= 0 or None, got -1.0"),
+    ({"freeze_base_epochs": 30}, "freeze_base_epochs", r"must be in \[0, epochs=30\)"),
+    ({"early_stopping_patience": -1}, "early_stopping_patience", "must be >= 0"),
+])
+def test_recipe_options_are_checked(kwargs, field, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        TrainConfig(**kwargs)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("values, field, message", [
+    ({"epochs": "ten"}, "epochs", "epochs must be int, got 'ten'"),
+    ({"epochs": 2.5}, "epochs", "epochs must be int, got 2.5"),
+    ({"mixed_precision": 1}, "mixed_precision", "mixed_precision must be bool"),
+    ({"tta": None}, "tta", "tta must be set, got null"),
+    ({"augmentation_kwargs": [1]}, "augmentation_kwargs", "must be dict"),
+    ({"learning_rte": 0.1}, "learning_rte", "unknown recipe setting"),
+])
+def test_recipe_from_a_dict_is_typed_and_checked(values, field, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        TrainConfig.from_dict(values)
+    assert err.value.field == field
+
+
+def test_recipe_round_trips_through_kfp_doubles():
+    config = TrainConfig(epochs=12, warmup_epochs=2, schedule="cosine", weight_decay=1e-4,
+                         augmentation_kwargs={"rotation": 5.0}, logit_adjustment=True)
+    carried = {k: float(v) if type(v) is int else v for k, v in config.recipe().items()}
+    again = TrainConfig.from_dict(carried)
+    assert again == config and type(again.epochs) is int and type(again.weight_decay) is float
+    assert "architecture" not in config.recipe() and "seed" not in config.recipe()
 
 
 # --- resume -------------------------------------------------------------------------------
-
-class Killed(Exception):
-    pass
-
 
 def state(model: keras.Model) -> dict[str, list[np.ndarray]]:
     return {"weights": [np.array(w) for w in model.get_weights()],
@@ -184,30 +208,28 @@ def state(model: keras.Model) -> dict[str, list[np.ndarray]]:
 
 
 def test_killed_cosine_run_resumes_with_its_weights_and_optimizer_state(prepared, tmp_path,
-                                                                       monkeypatch):
+                                                                       monkeypatch,
+                                                                       kill_after_epoch):
     ckpt = tmp_path / "ckpt"
     config = TrainConfig(epochs=3, batch_size=32, seed=2, checkpoint_dir=str(ckpt),
                          model_kwargs=SMALL, optimizer="adamw", schedule="cosine",
                          warmup_epochs=1, label_smoothing=0.1, augmentation="light")
     at_kill, at_resume = {}, {}
-    log_epoch = keras.callbacks.CSVLogger.on_epoch_end
     restore = keras.callbacks.BackupAndRestore.on_train_begin
 
-    def die_after_second_epoch(self, epoch, logs=None):
-        log_epoch(self, epoch, logs)
-        if epoch == 1:  # after BackupAndRestore saved epoch 2
-            at_kill.update(state(self.model), lr=float(self.model.optimizer.learning_rate))
-            raise Killed
+    def at_epoch_end(callback, epoch):
+        if epoch == 1:  # the kill comes right after this epoch
+            at_kill.update(state(callback.model),
+                           lr=float(callback.model.optimizer.learning_rate))
 
     def record_restored(self, logs=None):
         restore(self, logs)
         at_resume.update(state(self.model), lr=float(self.model.optimizer.learning_rate))
 
-    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", die_after_second_epoch)
+    kill_after_epoch(1, at_epoch_end)
     with pytest.raises(Killed):
         train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
     first_two = (ckpt / "history.csv").read_text().splitlines()
-    monkeypatch.undo()
 
     monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_train_begin", record_restored)
     summary = train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
@@ -237,25 +259,21 @@ def tiny(prepared, tmp_path_factory):
 
 
 def test_vgg19_fine_tunes_in_two_phases_and_resumes_after_the_first(tiny, tmp_path,
-                                                                     monkeypatch, capsys):
+                                                                     kill_after_epoch, capsys):
     base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(48, 48, 3))
     weights = tmp_path / "vgg19_notop.weights.h5"
     base.save_weights(weights)
     first_conv = base.get_layer("block1_conv1").get_weights()[0]
     seen = []
-    log_epoch = keras.callbacks.CSVLogger.on_epoch_end
 
-    def record(self, epoch, logs=None):
-        log_epoch(self, epoch, logs)
-        vgg = self.model.get_layer("vgg19")
+    def record(callback, epoch):
+        vgg = callback.model.get_layer("vgg19")
         seen.append({"base_trainable": vgg.trainable,
-                     "trainable_weights": len(self.model.trainable_weights),
+                     "trainable_weights": len(callback.model.trainable_weights),
                      "first_conv": vgg.get_layer("block1_conv1").get_weights()[0],
-                     "lr": float(self.model.optimizer.learning_rate)})
-        if epoch == 1 and len(seen) == 2:  # killed in the fine-tune phase
-            raise Killed
+                     "lr": float(callback.model.optimizer.learning_rate)})
 
-    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", record)
+    kill_after_epoch(1, record)  # killed in the fine-tune phase
     ckpt = tmp_path / "ckpt"
     config = TrainConfig(architecture="vgg19", model_kwargs={"weights": str(weights)},
                          epochs=3, freeze_base_epochs=1, batch_size=16, learning_rate=1e-3,

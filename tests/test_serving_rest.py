@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.deploy import deploy
+from serving.contract import CLASS_NAMES
 from tests.helpers import face_pixels, real_faces
 
 
@@ -54,17 +55,17 @@ def test_status(server):
     assert requests.get(url(server, "/labels/stable"), timeout=10).json() == r.json()
 
 
-def test_metadata(server):
-    for path in ("/metadata", "/versions/1/metadata", "/labels/stable/metadata"):
-        meta = requests.get(url(server, path), timeout=10).json()
-        assert meta["model_spec"] == {"name": "fer", "signature_name": "", "version": "1"}
-        defs = meta["metadata"]["signature_def"]["signature_def"]
-        assert set(defs) == {"serving_default", "predict_images"}
-        pixels = defs["serving_default"]["inputs"]["pixels"]
-        assert pixels["dtype"] == "DT_FLOAT"
-        assert [int(d["size"]) for d in pixels["tensor_shape"]["dim"]] == [-1, 48, 48, 1]
-        assert defs["predict_images"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
-        assert set(defs["serving_default"]["outputs"]) == {"probabilities", "class_id", "class_name"}
+@pytest.mark.parametrize("path", ["/metadata", "/versions/1/metadata", "/labels/stable/metadata"])
+def test_metadata(server, path):
+    meta = requests.get(url(server, path), timeout=10).json()
+    assert meta["model_spec"] == {"name": "fer", "signature_name": "", "version": "1"}
+    defs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(defs) == {"serving_default", "predict_images"}
+    pixels = defs["serving_default"]["inputs"]["pixels"]
+    assert pixels["dtype"] == "DT_FLOAT"
+    assert [int(d["size"]) for d in pixels["tensor_shape"]["dim"]] == [-1, 48, 48, 1]
+    assert defs["predict_images"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert set(defs["serving_default"]["outputs"]) == {"probabilities", "class_id", "class_name"}
 
 
 def test_predict_row_format(server, reference):
@@ -75,28 +76,30 @@ def test_predict_row_format(server, reference):
     assert len(predictions) == 3
     np.testing.assert_allclose([p["probabilities"] for p in predictions], probs, atol=1e-5)
     assert [p["class_id"] for p in predictions] == probs.argmax(axis=1).tolist()
-    assert all(isinstance(p["class_name"], str) for p in predictions)
+    assert [p["class_name"] for p in predictions] == [CLASS_NAMES[i] for i in probs.argmax(1)]
 
 
-def test_predict_named_instances_and_versions(server, reference):
+@pytest.mark.parametrize("path", [":predict", "/versions/1:predict", "/labels/stable:predict"])
+def test_predict_named_instances_and_versions(server, reference, path):
     faces, probs = reference
     body = {"signature_name": "serving_default",
             "instances": [{"pixels": f[..., None].tolist()} for f in faces]}
-    for path in (":predict", "/versions/1:predict", "/labels/stable:predict"):
-        r = post(server, path, body)
-        assert r.status_code == 200, r.text
-        np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], probs,
-                                   atol=1e-5)
+    r = post(server, path, body)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], probs,
+                               atol=1e-5)
 
 
-def test_predict_columnar_format(server, reference):
+@pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named"])
+def test_predict_columnar_format(server, reference, named):
     faces, probs = reference
-    for inputs in (faces[..., None].tolist(), {"pixels": faces[..., None].tolist()}):
-        r = post(server, ":predict", {"inputs": inputs})
-        assert r.status_code == 200, r.text
-        outputs = r.json()["outputs"]
-        np.testing.assert_allclose(outputs["probabilities"], probs, atol=1e-5)
-        assert len(outputs["class_id"]) == len(outputs["class_name"]) == 3
+    inputs = {"pixels": faces[..., None].tolist()} if named else faces[..., None].tolist()
+    r = post(server, ":predict", {"inputs": inputs})
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    np.testing.assert_allclose(outputs["probabilities"], probs, atol=1e-5)
+    assert outputs["class_id"] == probs.argmax(axis=1).tolist()
+    assert outputs["class_name"] == [CLASS_NAMES[i] for i in probs.argmax(axis=1)]
 
 
 def test_predict_b64_images(server, reference):
@@ -144,7 +147,8 @@ ERRORS = [
      400, "Unknown image file format"),
     ("invalid base64", ":predict", {"signature_name": "predict_images",
                                     "instances": [{"b64": "%%%"}]}, 400, "invalid base64"),
-    ("unknown input name", ":predict", {"inputs": {"pixels": [], "extra": []}}, 400, "inputs"),
+    ("unknown input name", ":predict", {"inputs": {"pixels": [], "extra": []}}, 400,
+     "signature 'serving_default' takes inputs ['pixels']; missing [], unexpected ['extra']"),
     ("unknown version", "/versions/9:predict", {"instances": [1]}, 404,
      "Servable not found for request: Specific(fer, 9)"),
     ("unknown label", "/labels/canary:predict", {"instances": [1]}, 404,
@@ -235,16 +239,15 @@ def test_non_standard_json_numbers_behave_as_before():
     assert np.isnan(parsed["instances"][0]) and parsed["instances"][1] == float("inf")
 
 
-def test_batch_through_the_array_path_matches_in_process(server, reference):
+@pytest.mark.parametrize("key", ["instances", "inputs"])
+def test_batch_through_the_array_path_matches_in_process(server, reference, key):
     faces, probs = reference
-    for body in ({"instances": faces[..., None].tolist()},
-                 {"inputs": (faces[..., None] / 1.0).tolist()}):
-        r = post(server, ":predict", body)
-        assert r.status_code == 200, r.text
-        reply = r.json()
-        got = ([p["probabilities"] for p in reply["predictions"]] if "predictions" in reply
-               else reply["outputs"]["probabilities"])
-        np.testing.assert_allclose(got, probs, atol=1e-5)
+    r = post(server, ":predict", {key: (faces[..., None] / 1.0).tolist()})
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    got = ([p["probabilities"] for p in reply["predictions"]] if key == "instances"
+           else reply["outputs"]["probabilities"])
+    np.testing.assert_allclose(got, probs, atol=1e-5)
 
 
 def test_integer_inputs_refuse_fractions_from_the_array_path():

@@ -8,12 +8,14 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
 
 from components.dataset import DataError, FaceDataset
 from components.train.ensemble import select_best
-from components.train.models import MODEL_BUILDERS, build_model
+from components.train.models import MODEL_BUILDERS, build_model, load_trained
 from components.train.recipe import TrainConfig, builder_kwargs, checkpoint_dir
 from components.train.train import predict_proba, train
+from tests.helpers import Killed
 
 
 @pytest.mark.parametrize("architecture", sorted(MODEL_BUILDERS))
@@ -62,7 +64,15 @@ def test_training_writes_model_history_curves_and_summary(trained_model, prepare
     summary = json.loads((trained_model / "summary.json").read_text())
     assert summary["architecture"] == "baseline_cnn"
     assert summary["epochs_run"] == 2
-    assert 0.0 <= summary["val_macro_f1"] <= 1.0
+    # the summary's val figures are those of the saved model on the val split
+    val = FaceDataset.load(prepared / "dataset").split("val")
+    predicted = predict_proba(load_trained(trained_model), val.images).argmax(axis=1)
+    assert summary["val_items"] == len(val)
+    assert summary["val_accuracy"] == pytest.approx(accuracy_score(val.labels, predicted),
+                                                    abs=1e-6)  # rounded to 6 places
+    assert summary["val_macro_f1"] == pytest.approx(
+        f1_score(val.labels, predicted, labels=list(range(7)), average="macro",
+                 zero_division=0), abs=1e-6)
     history = json.loads((trained_model / "history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 2
     with Image.open(trained_model / "training_curves.png") as img:
@@ -84,26 +94,14 @@ def test_training_is_deterministic_for_a_seed(prepared, tmp_path):
     assert a["val_macro_f1"] == b["val_macro_f1"]
 
 
-class Killed(Exception):
-    pass
-
-
-def test_killed_run_resumes_from_its_last_epoch(prepared, tmp_path, monkeypatch):
+def test_killed_run_resumes_from_its_last_epoch(prepared, tmp_path, kill_after_epoch):
     ckpt = tmp_path / "ckpt"
     config = TrainConfig(epochs=3, batch_size=32, seed=2, checkpoint_dir=str(ckpt))
-    original = keras.callbacks.ReduceLROnPlateau.on_epoch_end
-
-    def die_after_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:  # after BackupAndRestore saved epoch 2
-            raise Killed
-
-    monkeypatch.setattr(keras.callbacks.ReduceLROnPlateau, "on_epoch_end", die_after_second_epoch)
+    kill_after_epoch(1)
     with pytest.raises(Killed):
         train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
     first_two = (ckpt / "history.csv").read_text().splitlines()
     assert len(first_two) == 3  # header + 2 epochs
-    monkeypatch.undo()
 
     summary = train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
     assert summary["epochs_run"] == 3  # 2 before the kill, 1 after
@@ -116,23 +114,15 @@ def test_killed_run_resumes_from_its_last_epoch(prepared, tmp_path, monkeypatch)
     assert summary["train_seconds"] == round(sum(history["epoch_seconds"]), 2)
 
 
-def test_resumed_run_continues_the_learning_rate_schedule(prepared, tmp_path, monkeypatch):
+def test_resumed_run_continues_the_learning_rate_schedule(prepared, tmp_path, kill_after_epoch):
     """The optimizer's step count comes back with the weights: after a kill, a cosine
     schedule goes on where it stopped instead of starting again at its peak."""
     ckpt = tmp_path / "ckpt"
     config = TrainConfig(epochs=3, batch_size=32, seed=2, checkpoint_dir=str(ckpt),
                          schedule="cosine", learning_rate=1e-3)
-    original = keras.callbacks.CSVLogger.on_epoch_end
-
-    def die_after_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", die_after_second_epoch)
+    kill_after_epoch(1)
     with pytest.raises(Killed):
         train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
-    monkeypatch.undo()
     train(prepared / "dataset", prepared / "class_weights.json", tmp_path / "m", config)
     rates = json.loads((tmp_path / "m" / "history.json").read_text())["learning_rate"]
     # cosine decay over 3 epochs, read at each epoch's end: 0.75, 0.25, then 0 of the peak

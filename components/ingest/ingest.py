@@ -156,6 +156,7 @@ def _collect(items: Iterable[Item], total: int | None, progress: bool,
 
 
 def class_counts(labels: np.ndarray) -> dict[str, int]:
+    """Faces per class name among ``labels`` (FER2013 ids), every class listed, zeros included."""
     counts = np.bincount(labels, minlength=len(CLASS_NAMES))
     return {name: int(n) for name, n in zip(CLASS_NAMES, counts)}
 
@@ -172,6 +173,9 @@ def counts_by_split(dataset: FaceDataset) -> dict[str, dict[str, int]]:
 
 def build_manifest(source: str, fmt: str, dataset: FaceDataset, rejects: list[Item],
                    ignored: list[str]) -> dict[str, Any]:
+    """The ingest manifest: the source and its format, how many items were read, accepted and
+    rejected, the class counts per split, every rejection with its reason, and the ``ignored``
+    files."""
     return {
         "source": source,
         "format": fmt,

@@ -33,6 +33,9 @@ SPLIT_NAMES = {
 
 @dataclass
 class Item:
+    """One item a reader read, from ``source_id`` (a file, or a CSV row): accepted, with its
+    face, label and split, or rejected, with a reason code and message."""
+
     source_id: str
     label: int = -1
     split: str = NO_SPLIT
@@ -42,14 +45,19 @@ class Item:
 
     @property
     def accepted(self) -> bool:
+        """Whether the item was accepted (it has a face)."""
         return self.face is not None
 
 
 def rejected(source_id: str, code: str, reason: str) -> Item:
+    """A rejected item from ``source_id``, with the reason code ``code`` and the message
+    ``reason``."""
     return Item(source_id, reason_code=code, reason=reason)
 
 
 def split_from_name(name: str) -> str:
+    """The split a folder name or file stem names (``train``, ``PublicTest``, ... in any case),
+    or ``NO_SPLIT`` when it names none."""
     return SPLIT_NAMES.get(name.strip().lower(), NO_SPLIT)
 
 
@@ -57,6 +65,9 @@ def split_from_name(name: str) -> str:
 
 
 class ImageDecodeError(ValueError):
+    """An image cannot be decoded; ``code`` is the rejection reason code (``truncated_image`` or
+    ``unreadable_image``)."""
+
     def __init__(self, code: str, reason: str):
         super().__init__(reason)
         self.code = code
@@ -88,6 +99,8 @@ def decode_face(data: bytes) -> np.ndarray:
 
 
 def image_item(entry: str, data: bytes | OSError, label: int, split: str) -> Item:
+    """The item for the image file ``entry`` of class ``label`` in ``split``: accepted with its
+    decoded face, or rejected when ``data`` is a read error or does not decode."""
     if isinstance(data, OSError):
         return rejected(entry, "read_error", f"cannot read file: {data}")
     try:
@@ -98,6 +111,7 @@ def image_item(entry: str, data: bytes | OSError, label: int, split: str) -> Ite
 
 
 def is_image_entry(entry: str) -> bool:
+    """Whether ``entry`` has the suffix of an image format the readers decode (any case)."""
     return PurePosixPath(entry).suffix.lower() in IMAGE_SUFFIXES
 
 

@@ -28,6 +28,8 @@ class Source:
         self.entries = sorted(e for e in entries if not _is_hidden(e))
 
     def read(self, entry: str) -> bytes:
+        """The bytes of ``entry`` (one of :attr:`entries`); raises ``OSError`` when it cannot be
+        read. Each kind of source implements it."""
         raise NotImplementedError
 
     def read_many(self, entries: Iterable[str]) -> Iterator[tuple[str, bytes | OSError]]:
@@ -58,25 +60,34 @@ def _is_hidden(entry: str) -> bool:
 
 
 class LocalDirectory(Source):
+    """Every file under the local directory ``root``, named by its path relative to ``root``."""
+
     def __init__(self, root: Path):
         self.root = root
         entries = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         super().__init__(str(root), entries)
 
     def read(self, entry: str) -> bytes:
+        """The bytes of the file ``entry`` under the root."""
         return (self.root / entry).read_bytes()
 
 
 class LocalFile(Source):
+    """One local file (a CSV, say): a source whose one entry is the file's name."""
+
     def __init__(self, path: Path):
         self.path = path
         super().__init__(str(path), [path.name])
 
     def read(self, entry: str) -> bytes:
+        """The file's bytes, whatever ``entry`` names (the source has one entry)."""
         return self.path.read_bytes()
 
 
 class ZipArchive(Source):
+    """The files in a ``.zip`` archive, on disk or in memory; raises :class:`DataError` when
+    ``file`` is not a readable archive."""
+
     def __init__(self, uri: str, file: str | Path | io.BytesIO):
         try:
             self.zip = zipfile.ZipFile(file)
@@ -85,12 +96,15 @@ class ZipArchive(Source):
         super().__init__(uri, [i.filename for i in self.zip.infolist() if not i.is_dir()])
 
     def read(self, entry: str) -> bytes:
+        """The bytes of the archive member ``entry``; a corrupt member raises ``OSError``."""
         try:
             return self.zip.read(entry)
         except (zipfile.BadZipFile, EOFError, ValueError) as exc:  # corrupt member
             raise OSError(f"corrupt zip member: {exc}") from exc
 
     def read_many(self, entries: Iterable[str]) -> Iterator[tuple[str, bytes | OSError]]:
+        """Yield ``(entry, bytes)`` in order, one read at a time; a read failure is yielded, not
+        raised."""
         # ZipFile shares one file handle: read sequentially (decompression is cheap).
         for entry in entries:
             try:
@@ -99,16 +113,20 @@ class ZipArchive(Source):
                 yield entry, exc
 
     def close(self) -> None:
+        """Close the archive and the file it holds open."""
         self.zip.close()
 
 
 class GCSPrefix(Source):
+    """The objects under ``gs://bucket/prefix``, named by their paths below the prefix."""
+
     def __init__(self, uri: str, bucket_name: str, prefix: str, names: list[str]):
         self.bucket = gcs_client().bucket(bucket_name)
         self.prefix = prefix
         super().__init__(uri, [n[len(prefix):] for n in names])
 
     def read(self, entry: str) -> bytes:
+        """Download the object ``entry`` below the prefix; a GCS failure raises ``OSError``."""
         try:
             return self.bucket.blob(self.prefix + entry).download_as_bytes()
         except GoogleAPIError as exc:

@@ -11,6 +11,9 @@ Architectures: ``baseline_cnn`` (3 conv blocks), ``deep_cnn`` (4 double-conv blo
 (mini-Xception: depthwise-separable residual modules, for CPU budgets) and ``vgg19``
 (ImageNet weights from a local file; see :func:`freeze_base` / :func:`unfreeze_base` for
 two-phase fine-tuning).
+
+Length: six builders of 15 to 50 lines each, side by side as in ``keras.applications``, so
+that the zoo reads as one table of architectures.
 """
 
 from __future__ import annotations

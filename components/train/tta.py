@@ -41,6 +41,7 @@ class TTAViews(layers.Layer):
         self.mode, self.crop_size = mode, int(crop_size)
 
     def num_views(self) -> int:
+        """How many views of each image the mode makes: 2 for flip, 12 for crops."""
         return 2 if self.mode == "flip" else 12
 
     def call(self, inputs):
