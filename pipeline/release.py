@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from components.deploy import fingerprint
 from serving.contract import ASSETS_EXTRA, BUNDLED_MODEL_BASE, CLASS_NAMES, METRICS_FILE
 
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
@@ -34,14 +35,15 @@ def directory_bytes(path: Path) -> int:
 
 
 def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str = "") -> str:
-    """The model card in Markdown, from the model's ``metrics.json``."""
+    """The model card in Markdown, from the model's ``metrics.json``; ``source`` says which
+    model it is without naming a machine's paths (a version and its content fingerprint)."""
     training = metrics.get("training", {})
     config = training.get("config", {})
     split = metrics.get("split", "test")
     lines = [
         "# Model card: the bundled FER2013 emotion model",
         "",
-        f"Released from `{source}` ({size_bytes / 1e6:.1f} MB). Served as model `fer`, "
+        f"Released from {source} ({size_bytes / 1e6:.1f} MB). Served as model `fer`, "
         "version 1, by `fer-serve` with no arguments; run by `fer-pipeline predict` when no "
         "server is named.",
         "",
@@ -170,6 +172,8 @@ def release(version_dir: str | Path, dest_base: str | Path = BUNDLED_MODEL_BASE,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     card = dest_base.parent / CARD_FILE
-    card.write_text(model_card(metrics, str(version_dir), size, notes))
+    source = (f"deployed version {version_dir.name}, content fingerprint "
+              f"`{fingerprint(version_dir)[:16]}`")
+    card.write_text(model_card(metrics, source, size, notes))
     return {"path": str(target), "card": str(card), "bytes": size,
             "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}

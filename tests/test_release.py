@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 
+from components.deploy import fingerprint
 from components.evaluate import evaluate
 from components.export import export
 from pipeline.cli import main
@@ -51,6 +52,10 @@ def test_release_copies_the_version_and_writes_the_card(evaluated_export, tmp_pa
         assert f"| {name} |" in card
         assert f"{metrics['per_class'][name]['f1']:.4f}" in card
     assert card.rstrip().endswith("Trained for the test.")
+    # the card names the model by version and content, never by a path on this machine
+    assert f"deployed version {version.name}, content fingerprint `{fingerprint(version)[:16]}`" \
+        in card
+    assert str(version) not in card and str(tmp_path) not in card
     # releasing again replaces version 1: still one version, no staging left behind
     release(version, tmp_path / "model" / "fer")
     assert [p.name for p in (tmp_path / "model" / "fer").iterdir()] == ["1"]
