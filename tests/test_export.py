@@ -16,9 +16,11 @@ from components.export import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
     ExportError,
+    decode_image,
     export,
     serving_endpoints,
 )
+from components.ingest.readers import decode_face
 from serving.contract import CLASS_NAMES
 from tests.helpers import real_faces
 
@@ -68,6 +70,24 @@ def test_image_signature_takes_any_size_and_colour(exported, trained_model):
     np.testing.assert_allclose(probs[0], direct[0], atol=1e-4)
     # RGB and RGBA of the same picture decode to the same gray face.
     np.testing.assert_allclose(probs[1], probs[3], atol=1e-5)
+
+
+def test_jpeg_bytes_and_pillow_pixels_give_the_same_prediction(exported):
+    """A real FER2013 JPEG sent as its bytes to predict_images gets the prediction its pixels,
+    decoded by Pillow as ingest does, get from serving_default: both paths see one face."""
+    path, result = exported
+    assert result["max_probability_difference"][f"{SIGNATURE_IMAGES} (JPEG)"] <= 1e-4
+    loaded = tf.saved_model.load(str(path))
+    files = [f for name in CLASS_NAMES for f in real_faces("test", name, 10)]
+    pixels = np.stack([decode_face(f.read_bytes()) for f in files])[..., None].astype("f4")
+    by_pixels = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(pixels))
+    by_bytes = loaded.signatures[SIGNATURE_IMAGES](
+        image_bytes=tf.constant([f.read_bytes() for f in files]))
+    assert by_bytes["class_id"].numpy().tolist() == by_pixels["class_id"].numpy().tolist()
+    np.testing.assert_allclose(by_bytes["probabilities"], by_pixels["probabilities"], atol=1e-3)
+    # and the decoded pixels are Pillow's, exactly
+    decoded = [decode_image(tf.constant(f.read_bytes())).numpy()[..., 0] for f in files[:20]]
+    np.testing.assert_array_equal(np.stack(decoded), pixels[:20, ..., 0])
 
 
 def test_assets_extra_carry_labels_and_metrics(exported):

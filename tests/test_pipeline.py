@@ -11,6 +11,7 @@ import yaml
 from kfp import components
 
 from components.export import SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from components.ingest.readers import decode_face
 from components.train.recipe import (
     RecipeError,
     TrainConfig,
@@ -210,8 +211,8 @@ def test_a_failing_task_is_a_clear_error(tmp_path, capsys):
 
 def check_served_model(version_dir):
     loaded = tf.saved_model.load(str(version_dir))
-    pixels = np.stack([np.asarray(tf.io.decode_jpeg(f.read_bytes()), np.float32)
-                       for f in real_faces("test", "fear", 4)])
+    pixels = np.stack([decode_face(f.read_bytes()) for f in real_faces("test", "fear", 4)])
+    pixels = pixels[..., None].astype(np.float32)  # Pillow's pixels, as ingest decodes
     by_pixels = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(pixels))["probabilities"]
     jpegs = tf.constant([f.read_bytes() for f in real_faces("test", "fear", 4)])
     by_bytes = loaded.signatures[SIGNATURE_IMAGES](image_bytes=jpegs)["probabilities"]
