@@ -38,6 +38,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from components.dataset import FaceDataset
 from components.ingest import ingest
+from components.latency import p50_ms
 from components.train.models import build_model
 from components.train.recipe import TTA_MODES
 from components.train.tta import TTAViews, ViewMean
@@ -126,8 +127,12 @@ def served_graph(path: Path) -> str:
     tta = metrics.get("tta", "none")
     views = {"none": "1 pass", "flip": "2-view flip average", "crops": "12-view crops average"}
     adjusted = (metrics.get("training") or {}).get("logit_adjustment")
-    return (f"{views.get(tta, tta)} in the graph"
-            + (f", logit adjustment tau {adjusted['tau']:.2f}" if adjusted else ""))
+    if "tta_metrics" in metrics or tta == "none":
+        graph = "1 pass" + ("" if tta == "none" else
+                            f" (TTA in its own signatures: {views.get(tta, tta)})")
+    else:  # exported before TTA had signatures of its own
+        graph = f"{views.get(tta, tta)} in the graph"
+    return graph + (f", logit adjustment tau {adjusted['tau']:.2f}" if adjusted else "")
 
 
 def saved_model_predict(path: Path) -> Predict:
@@ -165,22 +170,6 @@ def with_views(predict: Predict, tta: str) -> Predict:
     return lambda x: np.asarray(mean(predict(np.asarray(views(x)))))
 
 
-LATENCY_CALLS = 100
-
-
-def single_face_p50_ms(predict: Predict, x: np.ndarray, calls: int = LATENCY_CALLS) -> float:
-    """The median time of ``predict`` on one face, in ms, over ``calls`` calls after
-    warm-up."""
-    for i in range(5):
-        predict(x[i:i + 1])
-    times = []
-    for i in range(calls):
-        start = time.perf_counter()
-        predict(x[i % len(x):i % len(x) + 1])
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def evaluate_predict(predict: Predict, faces: FaceDataset, batch_size: int) -> dict:
     x = faces.images[..., None].astype(np.float32)
     predict(x[:batch_size])  # warm-up: tracing and first-call allocations
@@ -195,7 +184,7 @@ def evaluate_predict(predict: Predict, faces: FaceDataset, batch_size: int) -> d
             "per_class": f1_score(faces.labels, y_pred, labels=labels, average=None,
                                   zero_division=0),
             "images_per_s": len(x) / seconds,
-            "p50_ms": single_face_p50_ms(predict, x)}
+            "p50_ms": p50_ms(predict, x)}
 
 
 def report(results: dict[str, dict], split: str, items: int, tta: str, batch_size: int,

@@ -1,7 +1,11 @@
-"""Evaluate + gate: held-out metrics, confusion matrix, and the deploy decision.
+"""Evaluate + gate: held-out metrics, confusion matrix, serving cost, and the deploy decision.
 
-The gate passes only if macro F1 >= ``f1_threshold`` **and** there is no deployed champion
-or the candidate beats the champion's recorded macro F1 by at least ``min_improvement``.
+The figures are those of ``serving_default``, the single pass every caller gets by default;
+with test-time augmentation the TTA signatures' figures are reported beside them. The
+candidate is also measured as exported (:mod:`components.latency`): single-face p50 and
+batch-64 images/s. The gate passes only if macro F1 >= ``f1_threshold``, the p50 is within
+``max_latency_ms`` (0: no budget) **and** there is no deployed champion or the candidate
+beats the champion's recorded macro F1 by at least ``min_improvement``.
 """
 
 from __future__ import annotations
@@ -21,13 +25,23 @@ from sklearn.metrics import (
 )
 
 from components.baseline import classic_baseline
-from components.dataset import DataError, FaceDataset, held_out_split, write_json
+from components.dataset import DataError, FaceDataset, held_out_split, to_model_input, write_json
 from components.deploy import find_champion
+from components.latency import measure_candidate
 from components.train.models import load_trained
 from components.train.recipe import check_tta
 from components.train.train import predict_proba
 from components.train.tta import with_tta
-from serving.contract import CLASS_NAMES, METRICS_FILE, NUM_CLASSES
+from serving.contract import (
+    CLASS_NAMES,
+    METRICS_FILE,
+    NUM_CLASSES,
+    SIGNATURE_IMAGES_TTA,
+    SIGNATURE_PIXELS,
+    SIGNATURE_PIXELS_TTA,
+)
+
+LATENCY_FACES = 64  # real held-out faces the candidate's cost is measured on
 
 CONFUSION_PNG = "confusion_matrix.png"
 LABELS = list(range(NUM_CLASSES))
@@ -45,17 +59,31 @@ class GateDecision:
     champion_version: int | None
     champion_macro_f1: float | None
     min_improvement: float
+    latency_p50_ms: float | None = None
+    batch64_images_per_s: float | None = None
+    max_latency_ms: float = 0.0
 
 
 def gate(macro_f1: float, f1_threshold: float, champion: dict[str, Any] | None,
-         min_improvement: float) -> GateDecision:
-    """Decide whether a candidate may be deployed. ``champion``: ``{"version", "macro_f1"}``."""
+         min_improvement: float, latency: dict[str, float] | None = None,
+         max_latency_ms: float = 0.0) -> GateDecision:
+    """Decide whether a candidate may be deployed. ``champion``: ``{"version", "macro_f1"}``;
+    ``latency``: the candidate's ``{"p50_ms", "batch64_images_per_s"}`` as served by
+    default; ``max_latency_ms``: the p50 budget (0: none)."""
     champ_version = champion["version"] if champion else None
     champ_f1 = float(champion["macro_f1"]) if champion else None
+    latency = latency or {}
     decision = GateDecision(False, "", macro_f1, f1_threshold, champ_version, champ_f1,
-                            min_improvement)
+                            min_improvement, latency.get("p50_ms"),
+                            latency.get("batch64_images_per_s"), max_latency_ms)
+    if max_latency_ms and decision.latency_p50_ms is None:
+        raise ValueError("a latency budget needs the candidate's measured latency")
     if macro_f1 < f1_threshold:
         decision.reason = f"macro F1 {macro_f1:.4f} is below the threshold {f1_threshold:.4f}"
+    elif max_latency_ms and decision.latency_p50_ms > max_latency_ms:
+        decision.reason = (f"single-face p50 {decision.latency_p50_ms:.2f} ms is over the "
+                           f"latency budget of {max_latency_ms:g} ms (batch 64: "
+                           f"{decision.batch64_images_per_s:,.0f} images/s)")
     elif champion is None:
         decision.passed = True
         decision.reason = (f"macro F1 {macro_f1:.4f} >= threshold {f1_threshold:.4f} and no "
@@ -118,30 +146,49 @@ def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
 def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
              f1_threshold: float, min_improvement: float,
              champion: dict[str, Any] | None = None, tta: str = "none",
-             baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+             baseline: dict[str, Any] | None = None, max_latency_ms: float = 0.0,
+             measure_latency: bool = True) -> dict[str, Any]:
     """Evaluate the model on test (val when there is no test) and decide the gate.
 
-    ``tta``: test-time augmentation (``"none"``, ``"flip"``, ``"crops"``; see
-    :mod:`components.train.tta`). ``baseline``: a classic reference model's metrics on the
-    same split (:func:`components.baseline.classic_baseline`), recorded and printed beside
-    the model's; it does not enter the gate.
+    The figures are the single pass's (``serving_default``). ``tta`` (``"flip"``,
+    ``"crops"``; :mod:`components.train.tta`): the TTA signatures' figures go under
+    ``"tta_metrics"``. ``baseline``: a classic reference model's metrics on the same split
+    (:func:`components.baseline.classic_baseline`), recorded and printed beside the model's;
+    it does not enter the gate. ``measure_latency``: measure the candidate as exported
+    (``"latency"``: p50 and batch-64 images/s per pixel signature); ``max_latency_ms``
+    (needs it): the gate's budget for ``serving_default``'s p50, 0 for none.
 
     Writes ``metrics.json`` (metrics + decision) and ``confusion_matrix.png``; returns the
     metrics with the decision under ``"gate"``.
     """
     check_tta(tta)
+    if max_latency_ms < 0:
+        raise ValueError(f"max_latency_ms must be >= 0 (0: no budget), got {max_latency_ms}")
     data = FaceDataset.load(dataset_dir)
     split, held_out = held_out_split(data)
     if len(held_out) == 0:
         raise DataError(f"{dataset_dir}: no test or val items to evaluate on")
-    model = with_tta(load_trained(model_dir), tta)
+    model = load_trained(model_dir)
+    tta_model = None if tta == "none" else with_tta(model, tta)
     y_pred = predict_proba(model, held_out.images).argmax(axis=1)
     metrics = classification_metrics(held_out.labels, y_pred)
     metrics["split"] = split
     metrics["tta"] = tta
+    if tta_model is not None:
+        tta_pred = predict_proba(tta_model, held_out.images).argmax(axis=1)
+        full = classification_metrics(held_out.labels, tta_pred)
+        metrics["tta_metrics"] = {
+            **{k: full[k] for k in ("accuracy", "macro_f1", "weighted_f1")},
+            "per_class_f1": {name: m["f1"] for name, m in full["per_class"].items()}}
     if baseline is not None:
         metrics["baseline"] = baseline
-    decision = gate(metrics["macro_f1"], f1_threshold, champion, min_improvement)
+    latency = None
+    if measure_latency or max_latency_ms:
+        faces = to_model_input(held_out.images[:LATENCY_FACES])
+        metrics["latency"] = measure_candidate(model, faces, tta_model)
+        latency = metrics["latency"][SIGNATURE_PIXELS]
+    decision = gate(metrics["macro_f1"], f1_threshold, champion, min_improvement, latency,
+                    max_latency_ms)
     metrics["gate"] = asdict(decision)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -155,25 +202,25 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
 def evaluate_candidate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
                        serving_base: str, model_name: str, f1_threshold: float,
                        min_improvement: float, tta: str = "none",
-                       with_classic_baseline: bool = False) -> dict[str, Any]:
+                       with_classic_baseline: bool = False,
+                       max_latency_ms: float = 0.0) -> dict[str, Any]:
     """The pipeline's evaluate step: :func:`evaluate` the candidate in ``model_dir`` against
     the champion deployed as ``model_name`` under ``serving_base`` (none: the threshold
-    alone decides), beside the classic baseline when ``with_classic_baseline``. Returns
-    :func:`evaluate`'s metrics with the gate decision."""
+    alone decides) and the latency budget ``max_latency_ms`` (0: none), beside the classic
+    baseline when ``with_classic_baseline``. Returns :func:`evaluate`'s metrics with the
+    gate decision."""
     champion = find_champion(serving_base, model_name)
     baseline = classic_baseline(dataset_dir) if with_classic_baseline else None
     return evaluate(model_dir, dataset_dir, output_dir, f1_threshold, min_improvement,
-                    champion, tta=tta, baseline=baseline)
+                    champion, tta=tta, baseline=baseline, max_latency_ms=max_latency_ms)
 
 
 def format_evaluation(metrics: dict[str, Any]) -> str:
     """The text the CLI prints for :func:`evaluate`'s ``metrics``: overall and per-class scores,
     the most confused pairs, the baseline if any, and the gate decision."""
-    tta = metrics.get("tta", "none")
-    lines = [f"evaluation on {metrics['split']} ({metrics['items']:,} faces"
-             f"{'' if tta == 'none' else f', TTA {tta}'}): accuracy "
-             f"{metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, weighted F1 "
-             f"{metrics['weighted_f1']:.4f}",
+    lines = [f"evaluation on {metrics['split']} ({metrics['items']:,} faces, one pass): "
+             f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+             f"weighted F1 {metrics['weighted_f1']:.4f}",
              f"{'class':<9} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
     for name, m in metrics["per_class"].items():
         lines.append(f"{name:<9} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
@@ -182,6 +229,15 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
         lines.append("most confused: " + "; ".join(
             f"{c['true']} -> {c['predicted']} {c['count']} ({c['share_of_true']:.0%})"
             for c in metrics["most_confused"][:3]))
+    tta = metrics.get("tta_metrics")
+    if tta:
+        lines.append(f"with TTA {metrics['tta']} (signatures {SIGNATURE_PIXELS_TTA}, "
+                     f"{SIGNATURE_IMAGES_TTA}): accuracy {tta['accuracy']:.4f}, macro F1 "
+                     f"{tta['macro_f1']:.4f}")
+    for name, cost in metrics.get("latency", {}).items():
+        lines.append(f"cost of {name} (in-process, this machine): one face p50 "
+                     f"{cost['p50_ms']:.2f} ms, batch 64 {cost['batch64_images_per_s']:,.0f} "
+                     f"images/s")
     base = metrics.get("baseline")
     if base:
         lines.append(f"classic baseline ({base.get('name', 'reference')}): accuracy "

@@ -33,16 +33,21 @@ from serving.contract import (
     CLASS_NAME,
     CLASS_NAMES,
     FACE_SHAPE,
+    IMAGE_BYTES,
     IMAGE_SIZE,
     LABELS_FILE,
     METRICS_FILE,
     NUM_CLASSES,
+    PIXELS,
     PROBABILITIES,
     SIGNATURE_IMAGES,
+    SIGNATURE_IMAGES_TTA,
     SIGNATURE_PIXELS,
+    SIGNATURE_PIXELS_TTA,
     SIGNATURES,
     WARMUP_FILE,
     TensorInfo,
+    served_signatures,
 )
 
 TOLERANCE = 1e-4
@@ -54,6 +59,8 @@ def tensor_spec(info: TensorInfo) -> tf.TensorSpec:
 
 
 Endpoints = dict[str, tuple[Callable[..., dict[str, tf.Tensor]], tf.TensorSpec]]
+# (model, its TTA form or None) -> the signatures to export
+EndpointBuilder = Callable[[keras.Model, keras.Model | None], Endpoints]
 
 
 class ExportError(Exception):
@@ -92,8 +99,8 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     )
 
 
-def serving_endpoints(model: keras.Model) -> Endpoints:
-    """The two signatures of the contract, over the Keras model."""
+def _signature_functions(model: keras.Model) -> tuple[Callable, Callable]:
+    """The pixel and the image-bytes functions of the contract over ``model``."""
     names = tf.constant(CLASS_NAMES)
 
     def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -107,19 +114,30 @@ def serving_endpoints(model: keras.Model) -> Endpoints:
                            fn_output_signature=tf.TensorSpec(FACE_SHAPE, tf.float32))
         return predict_pixels(pixels)
 
-    functions = {SIGNATURE_PIXELS: predict_pixels, SIGNATURE_IMAGES: predict_images}
+    return predict_pixels, predict_images
+
+
+def serving_endpoints(model: keras.Model, tta_model: keras.Model | None = None) -> Endpoints:
+    """The contract's signatures: the single-pass ones over ``model``, and with a
+    ``tta_model`` (``model`` averaged over test-time augmentation views) the TTA ones over
+    it. Returns signature name -> (function, input spec)."""
+    functions = dict(zip((SIGNATURE_PIXELS, SIGNATURE_IMAGES), _signature_functions(model)))
+    if tta_model is not None:
+        functions.update(zip((SIGNATURE_PIXELS_TTA, SIGNATURE_IMAGES_TTA),
+                             _signature_functions(tta_model)))
     return {name: (fn, tensor_spec(SIGNATURES[name].input)) for name, fn in functions.items()}
 
 
 def write_saved_model(model: keras.Model, path: Path,
-                      endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints) -> None:
+                      endpoints: EndpointBuilder = serving_endpoints,
+                      tta_model: keras.Model | None = None) -> None:
     """Write ``model`` as a SavedModel at ``path``, with the signatures ``endpoints`` builds over
-    it (by default the contract's two)."""
+    it and its TTA form ``tta_model`` (by default the contract's)."""
     archive = keras.export.ExportArchive()
     # No archive.track(model): the endpoints' own variables are tracked anyway, and tracking
     # the model as well stores every weight twice (keras-team/keras#23553: 2x the files and
     # 2x TF Serving's memory). The model has no lookup tables, the one thing track() adds.
-    for name, (fn, spec) in endpoints(model).items():
+    for name, (fn, spec) in endpoints(model, tta_model).items():
         archive.add_endpoint(name=name, fn=fn, input_signature=[spec])
     archive.write_out(str(path), verbose=False)
 
@@ -142,18 +160,26 @@ def jpeg_bytes_and_pixels(face: np.ndarray, quality: int = 90) -> tuple[bytes, n
 
 
 def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
-                       tolerance: float = TOLERANCE) -> dict[str, float]:
-    """Reload the SavedModel and check its contract and predictions on real ``faces``.
+                       tolerance: float = TOLERANCE,
+                       tta_model: keras.Model | None = None) -> dict[str, float]:
+    """Reload the SavedModel and check its contract and predictions on real ``faces``: the
+    single-pass signatures against ``model``, the TTA ones (when ``tta_model`` is given)
+    against ``tta_model``, and that every signature names the same classes with the same
+    output shapes.
 
     Raises :class:`ExportError` naming the first problem. Returns the largest difference
     in probability per signature.
     """
     loaded = tf.saved_model.load(str(path))
-    expected = model.predict(to_model_input(faces), verbose=0)
-    inputs = {SIGNATURE_PIXELS: tf.constant(to_model_input(faces)),
-              SIGNATURE_IMAGES: tf.constant([png_bytes(f) for f in faces])}
+    references = {False: model.predict(to_model_input(faces), verbose=0)}
+    if tta_model is not None:
+        references[True] = tta_model.predict(to_model_input(faces), verbose=0)
+    inputs = {PIXELS.name: tf.constant(to_model_input(faces)),
+              IMAGE_BYTES.name: tf.constant([png_bytes(f) for f in faces])}
     diffs = {}
-    for name, signature in SIGNATURES.items():
+    for name in served_signatures(tta_model is not None):
+        signature = SIGNATURES[name]
+        expected = references[signature.tta]
         if name not in loaded.signatures:
             raise ExportError(f"signature {name!r} is missing (has {sorted(loaded.signatures)})")
         fn = loaded.signatures[name]
@@ -162,7 +188,7 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
         if list(kwargs) != [want_in.name] or kwargs[want_in.name].dtype.name != want_in.dtype:
             raise ExportError(f"signature {name!r} takes {kwargs}, expected {want_in.name!r} "
                               f"{want_in.dtype}")
-        out = fn(**{want_in.name: inputs[name]})
+        out = fn(**{want_in.name: inputs[want_in.name]})
         for want in signature.outputs:
             if want.name not in out or out[want.name].dtype.name != want.dtype:
                 raise ExportError(f"signature {name!r} output {want.name!r} missing or not "
@@ -181,11 +207,14 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
             raise ExportError(f"signature {name!r} returns class ids or names that do not match "
                               f"its probabilities and the FER2013 labels")
         diffs[name] = diff
+    extra = sorted(set(loaded.signatures) - set(diffs))
+    if extra:
+        raise ExportError(f"signatures {extra} are not in the contract for this model")
     # Encoded JPEGs (lossy) through the image signature give what the pixel signature gives
     # for the pixels Pillow decodes from the same bytes: both paths see the same face.
     jpegs, decoded = zip(*(jpeg_bytes_and_pixels(f) for f in faces))
     by_bytes = loaded.signatures[SIGNATURE_IMAGES](
-        **{SIGNATURES[SIGNATURE_IMAGES].input.name: tf.constant(list(jpegs))})[PROBABILITIES]
+        **{IMAGE_BYTES.name: tf.constant(list(jpegs))})[PROBABILITIES]
     by_pixels = model.predict(to_model_input(np.stack(decoded)), verbose=0)
     diff = float(np.abs(by_bytes.numpy() - by_pixels).max())
     if diff > tolerance:
@@ -196,16 +225,20 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
     return diffs
 
 
-def write_warmup_requests(path: Path, faces: np.ndarray, model_name: str = "fer") -> int:
+def write_warmup_requests(path: Path, faces: np.ndarray, model_name: str = "fer",
+                          tta: bool = False) -> int:
     """TF Serving's warm-up file: PredictionLog records replayed when a version loads, so
-    its first real request does not pay for graph tracing. One batch per signature."""
+    its first real request does not pay for graph tracing. A batch of 1 and of 8 for each
+    pixel signature, a batch of 2 for each image signature (the TTA ones with ``tta``).
+    Returns the number of records."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    requests = [
-        (SIGNATURE_PIXELS, tf.make_tensor_proto(to_model_input(faces[:1]))),
-        (SIGNATURE_PIXELS, tf.make_tensor_proto(to_model_input(faces[:8]))),
-        (SIGNATURE_IMAGES, tf.make_tensor_proto([png_bytes(f) for f in faces[:2]])),
-    ]
+    requests = []
+    for name in served_signatures(tta):
+        if SIGNATURES[name].input == PIXELS:
+            requests += [(name, tf.make_tensor_proto(to_model_input(faces[:n]))) for n in (1, 8)]
+        else:
+            requests.append((name, tf.make_tensor_proto([png_bytes(f) for f in faces[:2]])))
     with tf.io.TFRecordWriter(str(path)) as writer:
         for signature, tensor in requests:
             request = predict_pb2.PredictRequest(
@@ -234,25 +267,28 @@ def sample_faces(dataset_dir: str | Path, model: keras.Model, n: int = 64,
 
 def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
            metrics: dict[str, Any] | None = None,
-           endpoints: Callable[[keras.Model], Endpoints] = serving_endpoints,
+           endpoints: EndpointBuilder = serving_endpoints,
            tta: str = "none") -> dict[str, Any]:
     """Export the Keras model in ``model_dir`` as a verified SavedModel at ``output_dir``.
 
-    ``tta``: serve the model with test-time augmentation (``"none"``, ``"flip"``,
-    ``"crops"``; :func:`components.train.tta.with_tta`); the self-check then compares
-    against the TTA model. The SavedModel is written beside ``output_dir``, verified, then
-    renamed into place; on any mismatch it is deleted and :class:`ExportError` raised.
+    ``serving_default`` and ``predict_images`` serve one pass of the network. ``tta``
+    (``"flip"``, ``"crops"``; :func:`components.train.tta.with_tta`) adds ``serving_tta``
+    and ``predict_images_tta``, which average the views: a choice for callers, not a cost
+    every request pays. The self-check compares each signature with its Keras model. The
+    SavedModel is written beside ``output_dir``, verified, then renamed into place; on any
+    mismatch it is deleted and :class:`ExportError` raised.
     """
     check_tta(tta)
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ExportError(f"{output_dir} already exists and is not empty")
-    model = with_tta(load_trained(model_dir), tta)
+    model = load_trained(model_dir)
+    tta_model = None if tta == "none" else with_tta(model, tta)
     faces = sample_faces(dataset_dir, model)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        write_saved_model(model, staging, endpoints)
-        diffs = verify_saved_model(staging, model, faces)
+        write_saved_model(model, staging, endpoints, tta_model)
+        diffs = verify_saved_model(staging, model, faces, tta_model=tta_model)
         extra = staging / ASSETS_EXTRA
         extra.mkdir()
         (extra / LABELS_FILE).write_text("\n".join(CLASS_NAMES) + "\n")
@@ -261,12 +297,13 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         if training.is_file():
             record["training"] = json.loads(training.read_text())
         write_json(extra / METRICS_FILE, record)
-        write_warmup_requests(extra / WARMUP_FILE, faces)
+        write_warmup_requests(extra / WARMUP_FILE, faces, tta=tta_model is not None)
         if output_dir.exists():
             output_dir.rmdir()
         staging.rename(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"path": str(output_dir), "signatures": list(SIGNATURES), "verified_on": len(faces),
+    return {"path": str(output_dir), "signatures": served_signatures(tta != "none"),
+            "verified_on": len(faces),
             "max_probability_difference": diffs, "tta": tta}

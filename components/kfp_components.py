@@ -115,12 +115,13 @@ def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str, model_name: str,
-                f1_threshold: float, min_improvement: float, recipe: dict,
-                classic_baseline: bool, evaluation: Output[Artifact],
+                f1_threshold: float, min_improvement: float, max_latency_ms: float,
+                recipe: dict, classic_baseline: bool, evaluation: Output[Artifact],
                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                 report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
-    """Held-out metrics (the model served as the recipe says) and the gate against the
-    deployed champion."""
+    """Held-out metrics (one pass, and the TTA signatures' when the recipe has them), the
+    candidate's serving cost, and the gate against the threshold, the latency budget and
+    the deployed champion."""
     import json
     from collections import namedtuple
     from pathlib import Path
@@ -132,9 +133,16 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
 
     result = evaluate_candidate(model.path, dataset.path, evaluation.path, serving_base,
                                 model_name, f1_threshold, min_improvement,
-                                TrainConfig.from_dict(recipe).tta, classic_baseline)
+                                TrainConfig.from_dict(recipe).tta, classic_baseline,
+                                max_latency_ms)
     for key in ("accuracy", "macro_f1", "weighted_f1"):
         metrics.log_metric(key, result[key])
+    for key, value in result.get("tta_metrics", {}).items():
+        if isinstance(value, float):
+            metrics.log_metric(f"tta_{key}", value)
+    for signature, cost in result.get("latency", {}).items():
+        for key, value in cost.items():
+            metrics.log_metric(f"{signature}_{key}", value)
     for name, m in result["per_class"].items():
         metrics.log_metric(f"f1_{name}", m["f1"])
     confusion.log_confusion_matrix(list(CLASS_NAMES), result["confusion_matrix"])

@@ -89,7 +89,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
     params = profile_parameters(
         args.profile, recipe, source=args.source, serving_base=args.serving_base,
         model_name=args.model_name, architectures=archs, f1_threshold=args.f1_threshold,
-        min_improvement=args.min_improvement, seed=args.seed,
+        min_improvement=args.min_improvement, max_latency_ms=args.max_latency_ms, seed=args.seed,
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
         model_options=args.model_options, classic_baseline=args.classic_baseline,
         ensemble=args.ensemble,
@@ -153,7 +153,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
                              not args.no_detect, args.json, args.annotate, args.timeout,
-                             args.model_dir)
+                             args.model_dir, args.tta)
     print(text)
     return code
 
@@ -175,7 +175,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     result = evaluate_and_deploy(args.models, args.dataset, args.out, args.serving_base,
                                  args.model_name, args.tta, args.logit_adjustment,
                                  args.f1_threshold, args.min_improvement,
-                                 args.classic_baseline)
+                                 args.classic_baseline, args.max_latency_ms)
     deployed = result["deployment"]
     if deployed is None:
         print(f"not deployed: {result['evaluation']['gate']['reason']}")
@@ -247,6 +247,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--f1-threshold", type=float, help="minimum test macro F1 to deploy")
     p.add_argument("--min-improvement", type=float,
                    help="macro F1 by which a candidate must beat the deployed champion")
+    p.add_argument("--max-latency-ms", type=float, metavar="MS",
+                   help="latency budget: block a candidate whose single-face p50, measured "
+                        "in-process as exported, is over it (0: no budget)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-train-per-class", type=int, metavar="N")
     p.add_argument("--checkpoint-root", default=None,
@@ -376,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model-name", default="fer")
     pred.add_argument("--no-detect", action="store_true",
                       help="each image is already a face crop")
+    pred.add_argument("--tta", action="store_true",
+                      help="use the model's test-time augmentation signature (serving_tta): "
+                           "averaged views, more accurate, one network pass per view")
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
     pred.add_argument("--timeout", type=float, default=30.0)
@@ -402,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an ensemble's prior correction, tuned on val (default: on)")
     dep.add_argument("--f1-threshold", type=float, default=0.0)
     dep.add_argument("--min-improvement", type=float, default=0.0)
+    dep.add_argument("--max-latency-ms", type=float, default=0.0, metavar="MS",
+                     help="latency budget for the single-face p50 (default: 0, none)")
     dep.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
                      default=False, help="also fit HOG + linear SVM and report it beside "
                      "the model (the model card quotes it)")

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from components.deploy import fingerprint
-from serving.contract import ASSETS_EXTRA, BUNDLED_MODEL_BASE, CLASS_NAMES, METRICS_FILE
+from serving.contract import (
+    ASSETS_EXTRA,
+    BUNDLED_MODEL_BASE,
+    CLASS_NAMES,
+    METRICS_FILE,
+    SIGNATURE_IMAGES_TTA,
+    SIGNATURE_PIXELS_TTA,
+)
 
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 CARD_FILE = "MODEL_CARD.md"
@@ -40,6 +47,13 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
     training = metrics.get("training", {})
     config = training.get("config", {})
     split = metrics.get("split", "test")
+    tta = metrics.get("tta", "none")
+    if "tta_metrics" in metrics or tta == "none":  # TTA, if any, in signatures of its own
+        served = ("one pass of the network in `serving_default` and `predict_images`"
+                  + ("" if tta == "none" else f"; test-time augmentation `{tta}` (views "
+                     f"averaged) in `{SIGNATURE_PIXELS_TTA}` and `{SIGNATURE_IMAGES_TTA}`"))
+    else:  # exported before TTA had signatures of its own
+        served = f"test-time augmentation `{tta}` inside every signature"
     lines = [
         "# Model card: the bundled FER2013 emotion model",
         "",
@@ -50,8 +64,7 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         "## Model",
         "",
         f"- Architecture: `{training.get('architecture', 'unknown')}`, "
-        f"{training.get('parameters', 0):,} parameters; test-time augmentation "
-        f"`{metrics.get('tta', 'none')}` inside the served graph.",
+        f"{training.get('parameters', 0):,} parameters; {served}.",
         "- Input: 48x48 grayscale faces, pixels 0-255 (`serving_default`, input `pixels`), or "
         "encoded images of any size (`predict_images`, input `image_bytes`).",
         "- Output: `probabilities` over the seven FER2013 classes, `class_id`, `class_name`; "
@@ -102,7 +115,8 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         f"## Metrics on the `{split}` split ({metrics.get('items', 0):,} faces)",
         "",
         f"Accuracy **{metrics['accuracy']:.4f}**, macro F1 **{metrics['macro_f1']:.4f}**, "
-        f"weighted F1 {metrics.get('weighted_f1', 0):.4f}.",
+        f"weighted F1 {metrics.get('weighted_f1', 0):.4f}"
+        + (" (one pass, `serving_default`)." if "tta_metrics" in metrics else "."),
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
@@ -115,6 +129,16 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         lines += ["", "Most confused (true -> predicted, share of the true class): " + "; ".join(
             f"{m['true']} -> {m['predicted']} {m['share_of_true']:.0%}"
             for m in metrics["most_confused"][:3]) + "."]
+    if "tta_metrics" in metrics:
+        t = metrics["tta_metrics"]
+        lines += ["", f"With test-time augmentation `{tta}` (`{SIGNATURE_PIXELS_TTA}`): accuracy "
+                      f"{t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}."]
+    if metrics.get("latency"):
+        lines += ["", "## Cost", "", "Measured in-process at evaluation, on the machine that "
+                  "ran it, after warm-up:", ""]
+        lines += [f"- `{name}`: one face p50 {c['p50_ms']:.2f} ms; batch 64 "
+                  f"{c['batch64_images_per_s']:,.0f} images/s."
+                  for name, c in metrics["latency"].items()]
     baseline = metrics.get("baseline")
     if baseline:
         lines += ["", f"Classic HOG + linear SVM on the same faces: accuracy "

@@ -3,6 +3,7 @@
     rest = RestClient("http://127.0.0.1:8501", "fer")
     rest.predict_pixels(faces)            # float [N,48,48,1] or uint8 [N,48,48], 0-255
     rest.predict_images([jpeg_bytes])     # encoded images, any size
+    rest.predict_pixels(faces, tta=True)  # the TTA signature: averaged views, slower
     grpc_client = GrpcClient("127.0.0.1:8500", "fer")
     local = LocalClient("serving/model/fer/1")   # in-process, no server
 
@@ -34,8 +35,7 @@ from serving.contract import (
     IMAGES_INPUT,
     PIXELS_INPUT,
     PROBABILITIES,
-    SIGNATURE_IMAGES,
-    SIGNATURE_PIXELS,
+    signature_name,
 )
 from serving.model_store import ServingError, load_version
 
@@ -106,16 +106,17 @@ class RestClient:
         """The model's metadata response, with its signature definitions."""
         return self._call("GET", "/metadata")
 
-    def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
-        signature."""
-        body = {"signature_name": SIGNATURE_PIXELS, "inputs": as_pixels(faces).tolist()}
+        signature, or ``serving_tta`` (the TTA average) with ``tta``."""
+        body = {"signature_name": signature_name(False, tta),
+                "inputs": as_pixels(faces).tolist()}
         return _result(self._call("POST", ":predict", body)["outputs"])
 
-    def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+    def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for encoded images of any size, sent as base64, through the
-        ``predict_images`` signature."""
-        body = {"signature_name": SIGNATURE_IMAGES,
+        ``predict_images`` signature, or ``predict_images_tta`` with ``tta``."""
+        body = {"signature_name": signature_name(True, tta),
                 "instances": [{"b64": base64.b64encode(b).decode()} for b in images]}
         rows = self._call("POST", ":predict", body)["predictions"]
         return _result({k: [r[k] for r in rows] for k in rows[0]})
@@ -153,14 +154,17 @@ class GrpcClient:
                               exc.code()) from exc
         return _result({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
 
-    def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
-        signature."""
-        return self._predict(SIGNATURE_PIXELS, PIXELS_INPUT, tf.make_tensor_proto(as_pixels(faces)))
+        signature, or ``serving_tta`` with ``tta``."""
+        return self._predict(signature_name(False, tta), PIXELS_INPUT,
+                             tf.make_tensor_proto(as_pixels(faces)))
 
-    def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        """Predictions for encoded images of any size through the ``predict_images`` signature."""
-        return self._predict(SIGNATURE_IMAGES, IMAGES_INPUT, tf.make_tensor_proto(images))
+    def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
+        """Predictions for encoded images of any size through the ``predict_images``
+        signature, or ``predict_images_tta`` with ``tta``."""
+        return self._predict(signature_name(True, tta), IMAGES_INPUT,
+                             tf.make_tensor_proto(images))
 
     def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """The model's ``GetModelMetadata`` response, with its signature definitions."""
@@ -194,11 +198,12 @@ class LocalClient:
         except ServingError as exc:
             raise ClientError(str(exc), exc.status) from exc
 
-    def predict_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
-        signature."""
-        return self._predict(SIGNATURE_PIXELS, {PIXELS_INPUT: as_pixels(faces)})
+        signature, or ``serving_tta`` with ``tta``."""
+        return self._predict(signature_name(False, tta), {PIXELS_INPUT: as_pixels(faces)})
 
-    def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        """Predictions for encoded images of any size through the ``predict_images`` signature."""
-        return self._predict(SIGNATURE_IMAGES, {IMAGES_INPUT: list(images)})
+    def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
+        """Predictions for encoded images of any size through the ``predict_images``
+        signature, or ``predict_images_tta`` with ``tta``."""
+        return self._predict(signature_name(True, tta), {IMAGES_INPUT: list(images)})

@@ -15,7 +15,9 @@ Signatures (what TF Serving loads):
   ``{"b64": "..."}``);
 
 each returns ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_name``
-string [N]. ``assets.extra/`` holds ``labels.txt``, ``metrics.json`` and TF Serving's
+string [N], from one pass of the network. A model exported with test-time augmentation
+also offers ``serving_tta`` and ``predict_images_tta``: the same inputs and outputs, the
+probabilities averaged over the views (more accurate, one network pass per view). ``assets.extra/`` holds ``labels.txt``, ``metrics.json`` and TF Serving's
 warm-up records.
 """
 
@@ -63,6 +65,7 @@ class Signature:
     name: str
     input: TensorInfo
     outputs: tuple[TensorInfo, ...]
+    tta: bool = False  # averages the test-time augmentation views
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -72,6 +75,8 @@ class Signature:
 
 SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
+SIGNATURE_PIXELS_TTA = "serving_tta"
+SIGNATURE_IMAGES_TTA = "predict_images_tta"
 PIXELS_INPUT = "pixels"
 IMAGES_INPUT = "image_bytes"
 PROBABILITIES, CLASS_ID, CLASS_NAME = "probabilities", "class_id", "class_name"
@@ -85,11 +90,28 @@ OUTPUTS = (
 )
 OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
 
-#: Every signature an exported model offers, by name.
+#: Every signature an exported model may offer, by name: the single-pass ones always, the
+#: TTA ones when it was exported with test-time augmentation.
 SIGNATURES: dict[str, Signature] = {
     SIGNATURE_PIXELS: Signature(SIGNATURE_PIXELS, PIXELS, OUTPUTS),
     SIGNATURE_IMAGES: Signature(SIGNATURE_IMAGES, IMAGE_BYTES, OUTPUTS),
+    SIGNATURE_PIXELS_TTA: Signature(SIGNATURE_PIXELS_TTA, PIXELS, OUTPUTS, tta=True),
+    SIGNATURE_IMAGES_TTA: Signature(SIGNATURE_IMAGES_TTA, IMAGE_BYTES, OUTPUTS, tta=True),
 }
+
+
+def served_signatures(tta: bool) -> list[str]:
+    """The names of the signatures a model offers: the single-pass ones, and the TTA ones
+    when ``tta``."""
+    return [name for name, s in SIGNATURES.items() if tta or not s.tta]
+
+
+def signature_name(images: bool, tta: bool = False) -> str:
+    """The signature that takes encoded images (``images``) or pixels, in one pass or
+    averaged over test-time augmentation views (``tta``)."""
+    return {(False, False): SIGNATURE_PIXELS, (True, False): SIGNATURE_IMAGES,
+            (False, True): SIGNATURE_PIXELS_TTA, (True, True): SIGNATURE_IMAGES_TTA}[
+        (images, tta)]
 
 # --- the bundled model --------------------------------------------------------------------
 

@@ -77,8 +77,9 @@ def crop_face(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.nd
 
 
 def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClient,
-                  detect: bool = True) -> list[ImageResult]:
-    """One batched request for every face of every readable image."""
+                  detect: bool = True, tta: bool = False) -> list[ImageResult]:
+    """One batched request for every face of every readable image in ``paths`` (through the
+    TTA signature with ``tta``); returns one result per path."""
     results, faces, owners = [], [], []
     for path in paths:
         result = ImageResult(str(path))
@@ -97,7 +98,7 @@ def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClien
             faces.append(crop_face(image, box if detect else None))
             owners.append(result)
     if faces:
-        probs = client.predict_pixels(np.stack(faces))[PROBABILITIES]
+        probs = client.predict_pixels(np.stack(faces), tta=tta)[PROBABILITIES]
         for owner, p in zip(owners, probs):
             owner.probabilities.append([float(v) for v in p])
     return results
@@ -157,10 +158,12 @@ def local_client(model_dir: str | Path = BUNDLED_MODEL_BASE) -> LocalClient:
 def run_predict(paths: list[str], url: str | None, grpc_target: str | None, model_name: str,
                 detect: bool, as_json: bool, annotate_dir: str | None,
                 timeout: float = 30.0,
-                model_dir: str | Path = BUNDLED_MODEL_BASE) -> tuple[str, int]:
+                model_dir: str | Path = BUNDLED_MODEL_BASE,
+                tta: bool = False) -> tuple[str, int]:
     """The CLI's work: returns what to print and the exit code (1 if any image failed).
 
     ``grpc_target`` or ``url`` name a server; with neither, ``model_dir`` runs in-process.
+    ``tta``: ask for the model's TTA signature (more accurate, one pass per view).
     """
     if grpc_target:
         client = GrpcClient(grpc_target, model_name, timeout=timeout)
@@ -168,7 +171,7 @@ def run_predict(paths: list[str], url: str | None, grpc_target: str | None, mode
         client = RestClient(url, model_name, timeout=timeout)
     else:
         client = local_client(model_dir)
-    results = predict_paths(paths, client, detect)
+    results = predict_paths(paths, client, detect, tta)
     if annotate_dir:
         for r in results:
             if r.boxes:

@@ -53,6 +53,35 @@ def test_threshold_applies_even_when_beating_a_weak_champion():
     assert not d.passed and "below the threshold" in d.reason
 
 
+def test_latency_budget_pair():
+    fast = {"p50_ms": 4.0, "batch64_images_per_s": 900.0}
+    slow = {"p50_ms": 40.0, "batch64_images_per_s": 90.0}
+    assert gate(0.60, 0.55, None, 0.01, fast, max_latency_ms=10).passed
+    d = gate(0.60, 0.55, None, 0.01, slow, max_latency_ms=10)
+    assert not d.passed
+    assert d.reason == ("single-face p50 40.00 ms is over the latency budget of 10 ms "
+                        "(batch 64: 90 images/s)")
+    assert (d.latency_p50_ms, d.batch64_images_per_s, d.max_latency_ms) == (40.0, 90.0, 10)
+    assert gate(0.60, 0.55, None, 0.01, slow, max_latency_ms=0).passed  # 0: no budget
+    with pytest.raises(ValueError, match="needs the candidate's measured latency"):
+        gate(0.60, 0.55, None, 0.01, None, max_latency_ms=10)
+
+
+@pytest.mark.parametrize("budget_ms, passes", [(0.001, False), (60_000, True)])
+def test_the_exported_candidates_latency_gates_it(budget_ms, passes, trained_model, prepared,
+                                                  tmp_path):
+    """Budgets that cannot flake: no model answers in a microsecond, every one in a minute."""
+    m = evaluate(trained_model, prepared / "dataset", tmp_path, 0.0, 0.01,
+                 max_latency_ms=budget_ms)
+    cost = m["latency"]["serving_default"]
+    assert cost["p50_ms"] > 0 and cost["batch64_images_per_s"] > 0
+    assert m["gate"]["passed"] is passes
+    assert m["gate"]["latency_p50_ms"] == cost["p50_ms"]
+    if not passes:
+        assert "over the latency budget of 0.001 ms" in m["gate"]["reason"]
+    assert "cost of serving_default" in format_evaluation(m)
+
+
 # --- metrics on known predictions --------------------------------------------------------
 
 def test_classification_metrics_on_known_predictions():

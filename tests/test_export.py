@@ -99,9 +99,9 @@ def test_assets_extra_carry_labels_and_metrics(exported):
     assert record["training"]["epochs_run"] == 2
 
 
-def wrong_class_order(model):
+def wrong_class_order(model, tta_model=None):
     """A deliberately wrong signature: class names off by one (id 0 -> 'disgust', ...)."""
-    endpoints = serving_endpoints(model)
+    endpoints = serving_endpoints(model, tta_model)
     pixels_fn, spec = endpoints[SIGNATURE_PIXELS]
     wrong_names = tf.constant(CLASS_NAMES[1:] + CLASS_NAMES[:1])
 
@@ -112,9 +112,9 @@ def wrong_class_order(model):
     return {**endpoints, SIGNATURE_PIXELS: (predict_pixels, spec)}
 
 
-def unscaled_images(model):
+def unscaled_images(model, tta_model=None):
     """A deliberately wrong signature: image bytes fed to the model as 0-1 instead of 0-255."""
-    endpoints = serving_endpoints(model)
+    endpoints = serving_endpoints(model, tta_model)
     pixels_fn, _ = endpoints[SIGNATURE_PIXELS]
     images_fn, spec = endpoints[SIGNATURE_IMAGES]
 
@@ -127,8 +127,8 @@ def unscaled_images(model):
     return {**endpoints, SIGNATURE_IMAGES: (predict_images, spec)}
 
 
-def missing_signature(model):
-    endpoints = serving_endpoints(model)
+def missing_signature(model, tta_model=None):
+    endpoints = serving_endpoints(model, tta_model)
     return {SIGNATURE_PIXELS: endpoints[SIGNATURE_PIXELS]}
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from components.dataset import FaceDataset
 from components.evaluate import evaluate, format_evaluation
-from components.export import SIGNATURE_PIXELS, export
+from components.export import export, png_bytes
 from components.train.augment import (
     AUGMENTATION_PRESETS,
     augmentation_from_preset,
@@ -25,6 +25,13 @@ from components.train.models import build_model
 from components.train.recipe import RecipeError, TrainConfig
 from components.train.train import train
 from components.train.tta import crop_offsets, with_tta
+from serving.contract import (
+    CLASS_NAMES,
+    SIGNATURE_IMAGES,
+    SIGNATURE_IMAGES_TTA,
+    SIGNATURE_PIXELS,
+    SIGNATURE_PIXELS_TTA,
+)
 
 SMALL = {"filters": (8, 16), "dense_units": 32}  # a small baseline_cnn: fast on 2 cores
 from tests.helpers import Killed
@@ -331,23 +338,52 @@ def test_tta_model_averages_the_views(mode, trained_model, faces):
         with_tta(model, "rotate")
 
 
-def test_tta_export_serves_the_averaged_prediction(trained_model, prepared, tmp_path, faces):
+def test_tta_export_offers_one_pass_by_default_and_the_average_as_a_choice(
+        trained_model, prepared, tmp_path, faces):
     result = export(trained_model, prepared / "dataset", tmp_path / "sm", tta="crops")
     assert result["tta"] == "crops"
+    assert result["signatures"] == [SIGNATURE_PIXELS, SIGNATURE_IMAGES, SIGNATURE_PIXELS_TTA,
+                                    SIGNATURE_IMAGES_TTA]
     record = json.loads((tmp_path / "sm" / "assets.extra" / "metrics.json").read_text())
     assert record["tta"] == "crops"
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    model = keras.models.load_model(trained_model / "model.keras")
     x = faces[..., None].astype("float32")
-    out = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(x))
-    expected = by_hand(keras.models.load_model(trained_model / "model.keras"), x, "crops")
+    # serving_default: one pass of the network
+    single = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(x))
+    np.testing.assert_allclose(single["probabilities"].numpy(), model.predict(x, verbose=0),
+                               atol=1e-5)
+    # serving_tta: the average of the 12 views, computed here by hand
+    out = loaded.signatures[SIGNATURE_PIXELS_TTA](pixels=tf.constant(x))
+    expected = by_hand(model, x, "crops")
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-4)
     np.testing.assert_array_equal(out["class_id"].numpy(), expected.argmax(axis=1))
+    # the two agree on shapes and class names; the image signature of TTA too
+    assert out["probabilities"].shape == single["probabilities"].shape == (len(x), 7)
+    for result_ in (single, out):
+        names = [n.decode() for n in result_["class_name"].numpy()]
+        assert names == [CLASS_NAMES[i] for i in result_["class_id"].numpy()]
+    pngs = tf.constant([png_bytes(f) for f in faces])
+    by_bytes = loaded.signatures[SIGNATURE_IMAGES_TTA](image_bytes=pngs)["probabilities"]
+    np.testing.assert_allclose(by_bytes.numpy(), expected, atol=1e-4)
+    # warm-up records cover every signature
+    from tensorflow_serving.apis import prediction_log_pb2
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request
+               for r in tf.data.TFRecordDataset(
+                   str(tmp_path / "sm" / "assets.extra" / "tf_serving_warmup_requests"))]
+    assert {r.model_spec.signature_name for r in records} == set(result["signatures"])
 
 
 def test_evaluate_with_tta(trained_model, prepared, tmp_path):
-    plain = evaluate(trained_model, prepared / "dataset", tmp_path / "a", 0.0, 0.01)
+    plain = evaluate(trained_model, prepared / "dataset", tmp_path / "a", 0.0, 0.01,
+                     measure_latency=False)
     flip = evaluate(trained_model, prepared / "dataset", tmp_path / "b", 0.0, 0.01, tta="flip")
     assert plain["tta"] == "none" and flip["tta"] == "flip" and flip["items"] == 70
-    assert "TTA flip" in format_evaluation(flip) and "TTA" not in format_evaluation(plain)
+    # the gate judges serving_default, one pass: the same figures with or without TTA
+    assert flip["macro_f1"] == plain["macro_f1"] and flip["accuracy"] == plain["accuracy"]
+    assert 0 < flip["tta_metrics"]["accuracy"] and "tta_metrics" not in plain
+    assert "with TTA flip" in format_evaluation(flip) and "TTA" not in format_evaluation(plain)
+    assert set(flip["latency"]) == {SIGNATURE_PIXELS, SIGNATURE_PIXELS_TTA}
+    assert "latency" not in plain
     with pytest.raises(ValueError, match="tta must be one of"):
         evaluate(trained_model, prepared / "dataset", tmp_path / "c", 0.0, 0.01, tta="five")
