@@ -25,7 +25,13 @@ from sklearn.metrics import (
 )
 
 from components.baseline import classic_baseline
-from components.dataset import DataError, FaceDataset, held_out_split, to_model_input, write_json
+from components.dataset import (
+    DataError,
+    FaceDataset,
+    held_out_split,
+    to_model_input,
+    write_json,
+)
 from components.deploy import find_champion
 from components.latency import measure_candidate
 from components.train.models import load_trained

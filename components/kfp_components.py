@@ -75,18 +75,34 @@ def data_report_op(dataset: Input[Dataset], weights: Input[Artifact], report: Ou
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_op(dataset: Input[Dataset], weights: Input[Artifact], architecture: str, seed: int,
-             model_options: dict, checkpoint_root: str, recipe: dict, model: Output[Model],
-             curves: Output[HTML]):
-    """Train one architecture with the ``recipe`` (a TrainConfig as a dict); checkpoints
-    under ``checkpoint_root`` make it resumable."""
+def teacher_op(dataset: Input[Dataset], teacher: str, serving_base: str, model_name: str,
+               checkpoint_root: str, predictions: Output[Artifact]):
+    """Distillation's teacher: its probabilities for every train face, computed once (kept
+    under ``checkpoint_root`` for a resumed run). ``teacher`` "": none, nothing computed."""
+    from components.distill import resolve_teacher, teacher_predictions
+
+    cache = f"{checkpoint_root.rstrip('/')}/teacher" if checkpoint_root else ""
+    info = teacher_predictions(resolve_teacher(teacher, serving_base, model_name),
+                               dataset.path, predictions.path, cache)
+    predictions.metadata.update({k: v for k, v in info.items() if v is not None})
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def train_op(dataset: Input[Dataset], weights: Input[Artifact], teacher: Input[Artifact],
+             architecture: str, seed: int, model_options: dict, checkpoint_root: str,
+             recipe: dict, model: Output[Model], curves: Output[HTML]):
+    """Train one architecture with the ``recipe`` (a TrainConfig as a dict), distilled from
+    the ``teacher`` step's predictions when it made any; checkpoints under
+    ``checkpoint_root`` make it resumable."""
     from pathlib import Path
 
+    from components.distill import has_teacher
     from components.report import html_page
     from components.train.recipe import variant_config
     from components.train.train import train
 
-    config = variant_config(recipe, architecture, seed, model_options, checkpoint_root)
+    config = variant_config(recipe, architecture, seed, model_options, checkpoint_root,
+                            teacher.path if has_teacher(teacher.path) else None)
     summary = train(dataset.path, weights.path, model.path, config)
     model.metadata.update({k: v for k, v in summary.items()
                            if k != "config" and v is not None})

@@ -92,6 +92,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         min_improvement=args.min_improvement, max_latency_ms=args.max_latency_ms, seed=args.seed,
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
         model_options=args.model_options, classic_baseline=args.classic_baseline,
+        teacher=args.teacher,
         ensemble=args.ensemble,
     )
     from components.train.models import MODEL_BUILDERS
@@ -254,6 +255,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--max-train-per-class", type=int, metavar="N")
     p.add_argument("--checkpoint-root", default=None,
                    help="keep per-epoch checkpoints here so a killed run resumes")
+    p.add_argument("--teacher", help="distil every variant from this served model: "
+                   "'champion' (the deployed one), 'bundled' (the shipped one) or a SavedModel "
+                   "version directory; its TTA signature is used when it has one")
     p.add_argument("--ensemble", action=argparse.BooleanOptionalAction,
                    help="with several --architectures, serve the average of all of them "
                         "instead of the best one")

@@ -62,6 +62,11 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     for row in summary["selection"]["leaderboard"]:
         lines.append(f"  {row['architecture']:<16} val macro F1 {row['val_macro_f1']:.4f}  "
                      f"val accuracy {row['val_accuracy']:.4f}  epochs {row['epochs_run'] or '-'}")
+        if row.get("teacher"):
+            teacher_f1 = row.get("teacher_val_macro_f1")
+            lines.append(f"  {'':<16} distilled from {row['teacher']}"
+                         + (f" (teacher val macro F1 {teacher_f1:.4f})"
+                            if teacher_f1 is not None else ""))
     gate = summary["gate"]
     lines.append(f"winner:   {summary['selection']['winner']}")
     lines.append(f"test:     macro F1 {gate['macro_f1']:.4f} (threshold {gate['f1_threshold']}, "

@@ -1,4 +1,9 @@
-"""The FER2013 pipeline: data steps -> train variants -> select -> evaluate + gate -> export -> deploy.
+"""The FER2013 pipeline: data steps -> (teacher) -> train variants -> select -> evaluate + gate
+-> export -> deploy.
+
+With a ``teacher`` (a served model: "champion", "bundled" or a SavedModel version directory)
+its probabilities for the train faces are computed once, and every variant is a student
+distilled from them (``recipe.distill_weight``).
 
 Compile it with ``fer-pipeline compile`` (or ``python -m pipeline.pipeline``); run it locally
 with ``fer-pipeline run``; submit it to a cluster with ``fer-pipeline submit``.
@@ -32,6 +37,7 @@ from components.kfp_components import (
     preprocess_op,
     select_best_op,
     skip_deploy_op,
+    teacher_op,
     train_op,
 )
 from components.train.recipe import TrainConfig
@@ -117,6 +123,7 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         max_train_per_class: int = 0,
         class_weight_mode: str = "balanced",
         checkpoint_root: str = "",
+        teacher: str = "",
         ensemble: bool = False,
         classic_baseline: bool = False,
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
@@ -132,9 +139,16 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         configure(data_report_op(dataset=prep.outputs["splits"],
                                 weights=weights.outputs["weights"]))
 
+        # Never cached by KFP: "champion" may name another model between identical runs (the
+        # step keeps its own cache, keyed by the teacher's content, under checkpoint_root).
+        taught = configure(teacher_op(dataset=prep.outputs["splits"], teacher=teacher,
+                                      serving_base=serving_base, model_name=model_name,
+                                      checkpoint_root=checkpoint_root), cache=False)
+
         with dsl.ParallelFor(architectures) as architecture:
             trained = resources.apply(configure(train_op(
                 dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
+                teacher=taught.outputs["predictions"],
                 architecture=architecture, seed=seed, model_options=model_options,
                 checkpoint_root=checkpoint_root, recipe=recipe)))
         best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"]),

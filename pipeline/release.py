@@ -102,8 +102,19 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
     if training.get("members"):
         lines.append("- The served model averages the members' probabilities (their own logit "
                      "adjustments removed) before one adjustment for the ensemble.")
+    distilled = training.get("distillation")
+    if distilled:
+        lines.append(
+            f"- Distilled from teacher `{distilled.get('teacher_name', 'unknown')}` (content "
+            f"fingerprint `{distilled.get('teacher_fingerprint', '?')}`, its `"
+            f"{distilled.get('signature', '?')}` signature): the targets were "
+            f"{distilled['weight']:g} of its probabilities and {1 - distilled['weight']:g} of "
+            f"the label, on the train split only. Teacher on validation: accuracy "
+            f"{distilled.get('teacher_val_accuracy', float('nan')):.4f}, macro F1 "
+            f"{distilled.get('teacher_val_macro_f1', float('nan')):.4f}.")
     if "val_accuracy" in training:
-        lines.append(f"- Validation: accuracy {training['val_accuracy']:.4f}, macro F1 "
+        lines.append(f"- Validation{' (the student)' if distilled else ''}: accuracy "
+                     f"{training['val_accuracy']:.4f}, macro F1 "
                      f"{training['val_macro_f1']:.4f}.")
     adjustment = training.get("logit_adjustment")
     if adjustment:

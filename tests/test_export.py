@@ -16,10 +16,10 @@ from components.export import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
     ExportError,
-    decode_image,
     export,
     serving_endpoints,
 )
+from components.images import decode_image
 from components.ingest.readers import decode_face
 from serving.contract import CLASS_NAMES
 from tests.helpers import real_faces

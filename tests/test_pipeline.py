@@ -25,7 +25,7 @@ from pipeline.local_run import format_run_summary, run_local
 from pipeline.profiles import PROFILES, profile_parameters
 from tests.helpers import real_faces
 
-STEPS = ["ingest-op", "preprocess-op", "class-weights-op", "data-report-op", "train-op",
+STEPS = ["ingest-op", "preprocess-op", "class-weights-op", "data-report-op", "teacher-op", "train-op",
          "select-best-op", "evaluate-op", "export-op", "deploy-op", "skip-deploy-op"]
 
 
@@ -248,6 +248,31 @@ def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_f
     assert second["deployment"]["created"] is False
     assert "does not beat champion version 1" in second["deployment"]["reason"]
     assert sorted(p.name for p in (tmp_path / "serving" / "fer").iterdir()) == ["1"]
+
+
+def test_a_local_run_distils_a_student_from_a_served_teacher(small_fer, exported_model,
+                                                            tmp_path):
+    params = profile_parameters("smoke", {"distill_weight": 0.6}, source=str(small_fer),
+                                serving_base=str(tmp_path / "serving"), f1_threshold=0.0,
+                                seed=13, teacher=str(exported_model),
+                                checkpoint_root=str(tmp_path / "ckpt"),
+                                model_options={"baseline_cnn": {"dense_units": 32}})
+    run = run_local(params, tmp_path / "kfp")
+    # the teacher's predictions were made once, kept as the teacher step's artifact (and in
+    # the checkpoint root's cache), and the student learnt from them
+    [predictions] = list((tmp_path / "kfp").rglob("teacher-op/predictions/teacher.npz"))
+    assert list((tmp_path / "ckpt" / "teacher").glob("teacher-*/teacher.npz"))
+    [row] = run["selection"]["leaderboard"]
+    assert row["teacher"] == str(exported_model) and row["teacher_val_macro_f1"] is not None
+    assert f"distilled from {exported_model}" in format_run_summary(run)
+    # the student is what was exported and deployed
+    version_dir = tmp_path / "serving" / "fer" / "1"
+    check_served_model(version_dir)
+    training = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())[
+        "training"]
+    assert training["distillation"]["weight"] == 0.6
+    assert training["distillation"]["train_items"] == training["train_items"]
+    assert training["config"]["teacher_predictions"] == str(predictions.parent)
 
 
 def test_a_local_run_can_serve_the_ensemble_of_its_variants(small_fer, tmp_path):

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from components.dataset import FaceDataset
 from components.evaluate import evaluate, format_evaluation
-from components.export import export, png_bytes
+from components.export import export
+from components.images import png_bytes
 from components.train.augment import (
     AUGMENTATION_PRESETS,
     augmentation_from_preset,

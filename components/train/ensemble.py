@@ -150,9 +150,11 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
 
 def leaderboard_row(summary: dict[str, Any], model_dir: str | Path) -> dict[str, Any]:
     """A trained model's row of the leaderboard, from its training ``summary``."""
+    distilled = summary.get("distillation") or {}
     return {"architecture": summary["architecture"], "dir": str(model_dir),
             "val_macro_f1": summary["val_macro_f1"], "val_accuracy": summary["val_accuracy"],
-            "epochs_run": summary["epochs_run"]}
+            "epochs_run": summary["epochs_run"], "teacher": distilled.get("teacher"),
+            "teacher_val_macro_f1": distilled.get("teacher_val_macro_f1")}
 
 
 def select_best(model_dirs: list[str | Path], output_dir: str | Path) -> dict[str, Any]:

@@ -77,9 +77,9 @@ def make_optimizer(config: TrainConfig, learning_rate: float, steps_per_epoch: i
 
 
 def make_loss(config: TrainConfig) -> str | keras.losses.Loss:
-    """Sparse cross-entropy; with label smoothing, categorical cross-entropy on one-hot
-    targets (see :func:`components.train.data.uses_one_hot`)."""
-    if config.label_smoothing:
+    """Sparse cross-entropy; with label smoothing or a teacher, categorical cross-entropy on
+    one-hot or soft targets (see :func:`components.train.data.uses_one_hot`)."""
+    if config.label_smoothing or config.teacher_predictions is not None:
         return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     return "sparse_categorical_crossentropy"
 

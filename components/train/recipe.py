@@ -35,7 +35,8 @@ AUGMENTATION_PRESETS: dict[str, dict[str, float]] = {
                  "brightness": 0.15, "contrast": 0.2, "erasing": 0.25},
 }
 # Set per train task by the pipeline, not by the recipe.
-VARIANT_FIELDS = ("architecture", "seed", "model_kwargs", "checkpoint_dir")
+VARIANT_FIELDS = ("architecture", "seed", "model_kwargs", "checkpoint_dir",
+                  "teacher_predictions")
 
 
 class RecipeError(ValueError):
@@ -94,8 +95,14 @@ class TrainConfig:
     logit_adjustment: bool = setting(
         False, "after training, divide the probabilities by the train prior to a power chosen "
         "on val for macro F1 (in the served model too)")
-    tta: str = setting("none", "test-time augmentation of evaluation and the served model "
-                       "(the logit adjustment's power is chosen for it)", TTA_MODES)
+    tta: str = setting("none", "test-time augmentation the exported model also offers, in "
+                       "signatures of its own (the logit adjustment's power is chosen for "
+                       "it); serving_default stays one pass", TTA_MODES)
+    distill_weight: float = setting(
+        0.5, "with a teacher: the weight of its probabilities in the targets (the rest: the "
+        "hard label)")
+    teacher_predictions: str | None = setting(
+        None, "distillation: a teacher step's output (components.distill), None for none")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -127,6 +134,9 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise RecipeError("label_smoothing",
                               f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise RecipeError("distill_weight",
+                              f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if self.finetune_learning_rate is not None and self.finetune_learning_rate <= 0:
             raise RecipeError("finetune_learning_rate", f"finetune_learning_rate must be > 0 "
                               f"or None, got {self.finetune_learning_rate}")
@@ -235,11 +245,15 @@ def checkpoint_dir(root: str, architecture: str, seed: int,
 
 
 def variant_config(recipe: Mapping[str, Any], architecture: str, seed: int,
-                   model_options: Mapping[str, Any], checkpoint_root: str) -> TrainConfig:
+                   model_options: Mapping[str, Any], checkpoint_root: str,
+                   teacher_predictions: str | None = None) -> TrainConfig:
     """The config of one train task: the pipeline's ``recipe`` for ``architecture`` with its
-    builder arguments from ``model_options``, the run's ``seed``, and its checkpoint
-    directory under ``checkpoint_root`` (``""``: none)."""
+    builder arguments from ``model_options``, the run's ``seed``, its checkpoint directory
+    under ``checkpoint_root`` (``""``: none) and, to distil, the teacher step's output."""
     kwargs = builder_kwargs(model_options, architecture)
+    root = checkpoint_dir(checkpoint_root, architecture, seed, kwargs)
+    if root and teacher_predictions:  # a student never resumes a non-distilled run
+        root += "-distilled"
     return TrainConfig.from_dict({
         **recipe, "architecture": architecture, "seed": seed, "model_kwargs": kwargs,
-        "checkpoint_dir": checkpoint_dir(checkpoint_root, architecture, seed, kwargs)})
+        "checkpoint_dir": root, "teacher_predictions": teacher_predictions})

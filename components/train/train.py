@@ -32,6 +32,7 @@ from components.dataset import (
     to_model_input,
     write_json,
 )
+from components.distill import distillation_targets, load_teacher
 from components.report import plot_history
 from components.train.augment import augmentation_from_preset, with_augmentation
 from components.train.calibrate import fit_prior_adjustment, val_scores
@@ -73,8 +74,16 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
                         f"(got {len(train_set)} train, {len(val_set)} val)")
     weights = (load_class_weights(class_weights_path)
                if class_weights_path and config.class_balance == "weights" else None)
-    fitted = fit(config, train_set, val_set, weights)
-    return finalise(config, fitted, train_set, val_set, Path(output_dir))
+    targets, distillation = None, None
+    if config.teacher_predictions is not None:
+        teacher, info = load_teacher(config.teacher_predictions, train_set)
+        targets = distillation_targets(train_set.labels, teacher, config.distill_weight)
+        distillation = {**{k: v for k, v in info.items() if k != "key"},
+                        "weight": config.distill_weight}
+        print(f"[train] distilling from {info['teacher']} ({info['signature']}), weight "
+              f"{config.distill_weight:g} on its probabilities", flush=True)
+    fitted = fit(config, train_set, val_set, weights, targets)
+    return finalise(config, fitted, train_set, val_set, Path(output_dir), distillation)
 
 
 def _build(config: TrainConfig) -> keras.Model:
@@ -83,9 +92,10 @@ def _build(config: TrainConfig) -> keras.Model:
 
 
 def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
-        class_weight: dict[int, float] | None) -> Fitted:
+        class_weight: dict[int, float] | None, targets: np.ndarray | None = None) -> Fitted:
     """Build the network and fit it with the recipe, seeded and deterministic, resuming
-    from ``config.checkpoint_dir`` when a killed run left checkpoints there."""
+    from ``config.checkpoint_dir`` when a killed run left checkpoints there. ``targets``:
+    soft train targets (distillation) instead of the labels."""
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     strategy = distribution_strategy()
@@ -93,7 +103,7 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
     if config.mixed_precision and not mixed:
         log.warning("mixed_precision needs a GPU; training in float32")
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    train_ds, val_ds = training_batches(config, train_set, val_set)
+    train_ds, val_ds = training_batches(config, train_set, val_set, targets)
 
     with dtype_policy("mixed_float16" if mixed else None), strategy.scope():
         model = _build(config)
@@ -122,10 +132,12 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
 
 
 def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
-             val_set: FaceDataset, output_dir: Path) -> dict[str, Any]:
+             val_set: FaceDataset, output_dir: Path,
+             distillation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the served form on val (its TTA; the logit adjustment fitted there when the
-    recipe asks for it), save the model, history, curves and summary in ``output_dir``;
-    return the summary."""
+    recipe asks for it), save the model, history, curves and summary in ``output_dir``
+    (``distillation``: the teacher the model learnt from, recorded in it); return the
+    summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     model, history = fitted.model, fitted.history
     val_views = view_probabilities(model, to_model_input(val_set.images), config.tta)
@@ -150,6 +162,7 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
         **val_scores(val_set.labels, val_proba),
         "val_tta": config.tta,
         "logit_adjustment": adjustment,
+        "distillation": distillation,
     }
     if adjustment:
         print(f"[train] logit adjustment: tau {adjustment['tau']:.2f} (val macro F1 "
