@@ -97,3 +97,19 @@ def test_a_student_learns_from_the_teachers_probabilities(taught, prepared, tmp_
     assert student.checkpoint_dir == plain.checkpoint_dir + "-distilled"
     assert TrainConfig().teacher_predictions is None
     assert (root / "out" / PREDICTIONS_FILE).is_file()
+
+
+def test_a_student_can_start_from_its_teachers_weights(trained_model, exported_model, prepared):
+    """init_from: the weights of a SavedModel version (as the variables its serving_default
+    uses) or of a trained model's directory, by name; another architecture is refused."""
+    from components.train.models import build_model, load_initial_weights, load_trained
+
+    faces = FaceDataset.load(prepared / "dataset").split(TRAIN).images[:8, ..., None]
+    teacher = load_trained(trained_model)  # exported_model is its export
+    for source in (exported_model, trained_model):
+        student = build_model("baseline_cnn")
+        assert load_initial_weights(student, source) == len(student.weights)
+        np.testing.assert_allclose(student.predict(faces.astype("f4"), verbose=0),
+                                   teacher.predict(faces.astype("f4"), verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="no weight .* of shape"):
+        load_initial_weights(build_model("baseline_cnn", dense_units=32), exported_model)

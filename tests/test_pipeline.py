@@ -129,6 +129,8 @@ def reaching_value(f):
         return next(c for c in reversed(f.metadata["choices"]) if c != default), []
     if kind is dict:
         return {"rotation": 5.0}, []
+    if kind is str:
+        return "/models/fer/1", []
     if kind is int:
         needs = {"warmup_epochs": ["--schedule", "cosine"],  # warm-up is cosine's
                  "freeze_base_epochs": ["--warmup-epochs", "0"]}  # within the first phase
@@ -263,8 +265,9 @@ def test_a_local_run_distils_a_student_from_a_served_teacher(small_fer, exported
     [predictions] = list((tmp_path / "kfp").rglob("teacher-op/predictions/teacher.npz"))
     assert list((tmp_path / "ckpt" / "teacher").glob("teacher-*/teacher.npz"))
     [row] = run["selection"]["leaderboard"]
-    assert row["teacher"] == str(exported_model) and row["teacher_val_macro_f1"] is not None
-    assert f"distilled from {exported_model}" in format_run_summary(run)
+    teacher_name = f"{exported_model.parent.name}/{exported_model.name}"
+    assert row["teacher"] == teacher_name and row["teacher_val_macro_f1"] is not None
+    assert f"distilled from {teacher_name}" in format_run_summary(run)
     # the student is what was exported and deployed
     version_dir = tmp_path / "serving" / "fer" / "1"
     check_served_model(version_dir)
@@ -272,7 +275,10 @@ def test_a_local_run_distils_a_student_from_a_served_teacher(small_fer, exported
         "training"]
     assert training["distillation"]["weight"] == 0.6
     assert training["distillation"]["train_items"] == training["train_items"]
-    assert training["config"]["teacher_predictions"] == str(predictions.parent)
+    # the record names no machine directory: paths are reduced to their last part
+    assert training["config"]["teacher_predictions"] == predictions.parent.name
+    assert "/" not in training["config"]["checkpoint_dir"]
+    assert str(tmp_path) not in json.dumps(training)
 
 
 def test_a_local_run_can_serve_the_ensemble_of_its_variants(small_fer, tmp_path):

@@ -153,7 +153,7 @@ def leaderboard_row(summary: dict[str, Any], model_dir: str | Path) -> dict[str,
     distilled = summary.get("distillation") or {}
     return {"architecture": summary["architecture"], "dir": str(model_dir),
             "val_macro_f1": summary["val_macro_f1"], "val_accuracy": summary["val_accuracy"],
-            "epochs_run": summary["epochs_run"], "teacher": distilled.get("teacher"),
+            "epochs_run": summary["epochs_run"], "teacher": distilled.get("teacher_name"),
             "teacher_val_macro_f1": distilled.get("teacher_val_macro_f1")}
 
 

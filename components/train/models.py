@@ -353,3 +353,34 @@ def load_trained(model_dir: str | Path) -> keras.Model:
     from components.train import augment, calibrate, tta  # noqa: F401 (register their layers)
 
     return keras.models.load_model(Path(model_dir) / MODEL_FILE)
+
+
+def load_initial_weights(model: keras.Model, source: str | Path) -> int:
+    """Set ``model``'s weights, by name, from ``source``: a SavedModel version directory
+    (the variables its ``serving_default`` uses) or a trained model's directory
+    (``model.keras``). Every weight of ``model`` must be found there with its shape; else
+    ValueError naming the first that is not. Returns the number of weights set."""
+    import numpy as np
+
+    source = Path(source)
+    if (source / "saved_model.pb").is_file():
+        import tensorflow as tf
+
+        from serving.contract import SIGNATURE_PIXELS
+
+        loaded = tf.saved_model.load(str(source))  # kept alive while its variables are read
+        found = {v.name.removesuffix(":0"): v.numpy()
+                 for v in loaded.signatures[SIGNATURE_PIXELS].variables}
+    elif (source / MODEL_FILE).is_file():
+        found = {w.path: np.asarray(w) for w in load_trained(source).weights}
+    else:
+        raise ValueError(f"init_from {source}: neither a SavedModel version directory nor a "
+                         f"trained model directory ({MODEL_FILE})")
+    for weight in model.weights:
+        value = found.get(weight.path)
+        if value is None or tuple(value.shape) != tuple(weight.shape):
+            raise ValueError(f"init_from {source}: no weight {weight.path} of shape "
+                             f"{tuple(weight.shape)} there (another architecture or other "
+                             f"builder arguments?)")
+        weight.assign(value)
+    return len(model.weights)

@@ -98,6 +98,10 @@ class TrainConfig:
     tta: str = setting("none", "test-time augmentation the exported model also offers, in "
                        "signatures of its own (the logit adjustment's power is chosen for "
                        "it); serving_default stays one pass", TTA_MODES)
+    init_from: str | None = setting(
+        None, "start from the weights of this model (a SavedModel version directory, or a "
+        "trained model's directory with model.keras) of the same architecture and builder "
+        "arguments; 'teacher': the distillation teacher's, to fine-tune a student from it")
     distill_weight: float = setting(
         0.5, "with a teacher: the weight of its probabilities in the targets (the rest: the "
         "hard label)")
@@ -169,6 +173,20 @@ def check_tta(mode: str) -> str:
     if mode not in TTA_MODES:
         raise RecipeError("tta", f"tta must be one of {TTA_MODES}, got {mode!r}")
     return mode
+
+
+PATH_FIELDS = ("checkpoint_dir", "teacher_predictions", "init_from")
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as a model's records keep it (summary, metrics.json, model card): every
+    field, paths reduced to their last part, so that a released model names no directory
+    of the machine that trained it."""
+    record = asdict(config)
+    for name in PATH_FIELDS:
+        if record[name]:
+            record[name] = record[name].rstrip("/").rsplit("/", 1)[-1]
+    return record
 
 
 def recipe_fields() -> list[Any]:

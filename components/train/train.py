@@ -15,7 +15,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,10 @@ from components.train.augment import augmentation_from_preset, with_augmentation
 from components.train.calibrate import fit_prior_adjustment, val_scores
 from components.train.data import training_batches
 from components.train.fit import distribution_strategy, dtype_policy, fit_phases
-from components.train.models import build_model, freeze_base
-from components.train.recipe import TrainConfig
+from components.train.models import build_model, freeze_base, load_initial_weights
+from components.train.recipe import TrainConfig, config_record
+
+TEACHER = "teacher"  # init_from: start from the distillation teacher's weights
 from components.train.tta import view_probabilities
 from serving.contract import FACE_SHAPE, MODEL_FILE, NUM_CLASSES, SUMMARY_FILE
 
@@ -78,10 +80,15 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     if config.teacher_predictions is not None:
         teacher, info = load_teacher(config.teacher_predictions, train_set)
         targets = distillation_targets(train_set.labels, teacher, config.distill_weight)
-        distillation = {**{k: v for k, v in info.items() if k != "key"},
-                        "weight": config.distill_weight}
-        print(f"[train] distilling from {info['teacher']} ({info['signature']}), weight "
+        distillation = {**{k: v for k, v in info.items() if k not in ("key", "teacher")},
+                        "weight": config.distill_weight,
+                        "initialised_from_teacher": config.init_from == TEACHER}
+        if config.init_from == TEACHER:
+            config = replace(config, init_from=info["teacher"])
+        print(f"[train] distilling from {info['teacher_name']} ({info['signature']}), weight "
               f"{config.distill_weight:g} on its probabilities", flush=True)
+    elif config.init_from == TEACHER:
+        raise DataError("init_from 'teacher' needs a teacher (the pipeline's teacher parameter)")
     fitted = fit(config, train_set, val_set, weights, targets)
     return finalise(config, fitted, train_set, val_set, Path(output_dir), distillation)
 
@@ -107,6 +114,9 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
 
     with dtype_policy("mixed_float16" if mixed else None), strategy.scope():
         model = _build(config)
+        if config.init_from:
+            count = load_initial_weights(model, config.init_from)
+            print(f"[train] {count} weights from {config.init_from}", flush=True)
         augmentation = augmentation_from_preset(config.augmentation, config.seed,
                                                 config.augmentation_kwargs)
         fit_model = with_augmentation(model, augmentation) if augmentation else model
@@ -149,7 +159,7 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
     epochs_run, epoch_seconds = len(history.get("loss", [])), history.get("epoch_seconds", [])
     summary = {
         "architecture": config.architecture,
-        "config": asdict(config),
+        "config": config_record(config),
         "parameters": int(model.count_params()),
         "train_items": len(train_set),
         "val_items": len(val_set),
