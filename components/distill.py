@@ -31,6 +31,8 @@ from components.dataset import (
     write_json,
 )
 from serving.contract import (
+    ASSETS_EXTRA,
+    METRICS_FILE,
     NUM_CLASSES,
     PROBABILITIES,
     SIGNATURE_PIXELS,
@@ -75,6 +77,16 @@ def _cache_key(teacher_fingerprint: str, train: FaceDataset) -> str:
     digest.update(train.images.tobytes())
     digest.update("\n".join(map(str, train.source_ids)).encode())
     return digest.hexdigest()[:24]
+
+
+def _recorded_test_figures(teacher_dir: Path) -> dict[str, float]:
+    """The teacher's own held-out figures, as its export recorded them (``{}`` if none)."""
+    record = teacher_dir / ASSETS_EXTRA / METRICS_FILE
+    if not record.is_file():
+        return {}
+    metrics = read_json(record)
+    return {f"teacher_{metrics.get('split', 'test')}_{k}": metrics[k]
+            for k in ("accuracy", "macro_f1") if k in metrics}
 
 
 def _probabilities(teacher_dir: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
@@ -136,7 +148,8 @@ def teacher_predictions(teacher_dir: str | Path | None, dataset_dir: str | Path,
             "train_items": len(train), "train_agreement": float(
                 (probabilities.argmax(1) == train.labels).mean()),
             **({f"teacher_{k}": v for k, v in val_scores(val.labels, val_proba).items()}
-               if len(val) else {})}
+               if len(val) else {}),
+            **_recorded_test_figures(teacher_dir)}
     write_json(output_dir / INFO_FILE, info)
     if cached is not None:
         cached.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,11 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
             f"{distilled['weight']:g} of its probabilities and {1 - distilled['weight']:g} of "
             f"the label, on the train split only. Teacher on validation: accuracy "
             f"{distilled.get('teacher_val_accuracy', float('nan')):.4f}, macro F1 "
-            f"{distilled.get('teacher_val_macro_f1', float('nan')):.4f}.")
+            f"{distilled.get('teacher_val_macro_f1', float('nan')):.4f}"
+            + (f"; on test, as its own export recorded: accuracy "
+               f"{distilled['teacher_test_accuracy']:.4f}, macro F1 "
+               f"{distilled['teacher_test_macro_f1']:.4f}"
+               if "teacher_test_accuracy" in distilled else "") + ".")
     if "val_accuracy" in training:
         lines.append(f"- Validation{' (the student)' if distilled else ''}: accuracy "
                      f"{training['val_accuracy']:.4f}, macro F1 "

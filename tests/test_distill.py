@@ -63,6 +63,8 @@ def test_teacher_predictions_cover_the_train_split_and_are_cached(taught, export
     assert recorded["teacher_name"] == f"{exported_model.parent.name}/{exported_model.name}"
     assert 0 <= recorded["teacher_val_accuracy"] <= 1 and recorded["train_items"] == len(
         train_set)
+    # the teacher's own test figures, as its export recorded them (conftest: macro F1 0.2)
+    assert recorded["teacher_test_macro_f1"] == 0.2
     # the same teacher and faces again: read back from the cache, not recomputed
     again = teacher_predictions(exported_model, prepared / "dataset", root / "again",
                                 str(root / "cache"))

@@ -185,3 +185,28 @@ def test_the_bundled_model_recognises_real_faces_and_its_card_matches_it(capsys)
     card = (BUNDLED_MODEL_BASE.parent / CARD_FILE).read_text()
     assert f"Accuracy **{recorded['accuracy']:.4f}**, macro F1 **{recorded['macro_f1']:.4f}**" \
         in card
+
+
+def test_card_names_teacher_and_student_and_the_cost(evaluated_export):
+    _, metrics = evaluated_export
+    training = {"architecture": "configurable_cnn", "parameters": 1234, "val_accuracy": 0.66,
+                "val_macro_f1": 0.64, "config": {"epochs": 15},
+                "distillation": {"teacher_name": "fer/1", "teacher_fingerprint": "49b0aca4",
+                                 "signature": "serving_default", "weight": 0.7,
+                                 "teacher_val_accuracy": 0.6856, "teacher_val_macro_f1": 0.677,
+                                 "teacher_test_accuracy": 0.6882,
+                                 "teacher_test_macro_f1": 0.6632}}
+    record = {**metrics, "training": training, "tta": "crops",
+              "tta_metrics": {"accuracy": 0.69, "macro_f1": 0.67, "weighted_f1": 0.68},
+              "latency": {"serving_default": {"p50_ms": 6.5, "batch64_images_per_s": 380.0},
+                          "serving_tta": {"p50_ms": 40.0, "batch64_images_per_s": 33.0}}}
+    card = model_card(record, "deployed version 2", 14_000_000)
+    assert ("Distilled from teacher `fer/1` (content fingerprint `49b0aca4`, its "
+            "`serving_default` signature): the targets were 0.7 of its probabilities and "
+            "0.3 of the label") in card
+    assert "Teacher on validation: accuracy 0.6856, macro F1 0.6770; on test" in card
+    assert "accuracy 0.6882, macro F1 0.6632" in card
+    assert "- Validation (the student): accuracy 0.6600, macro F1 0.6400." in card
+    assert "one pass of the network in `serving_default`" in card
+    assert "With test-time augmentation `crops` (`serving_tta`): accuracy 0.6900" in card
+    assert "- `serving_default`: one face p50 6.50 ms; batch 64 380 images/s." in card
