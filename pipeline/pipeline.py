@@ -139,11 +139,12 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         configure(data_report_op(dataset=prep.outputs["splits"],
                                 weights=weights.outputs["weights"]))
 
-        # Never cached by KFP: "champion" may name another model between identical runs (the
-        # step keeps its own cache, keyed by the teacher's content, under checkpoint_root).
+        # Cached like the train tasks that take its output (an uncached step here would make
+        # every train task a cache miss). With teacher "champion", a cached run keeps the
+        # champion of the run it copies: --no-cache reads the champion again.
         taught = configure(teacher_op(dataset=prep.outputs["splits"], teacher=teacher,
                                       serving_base=serving_base, model_name=model_name,
-                                      checkpoint_root=checkpoint_root), cache=False)
+                                      checkpoint_root=checkpoint_root))
 
         with dsl.ParallelFor(architectures) as architecture:
             trained = resources.apply(configure(train_op(

@@ -170,7 +170,8 @@ def test_caching_is_on_by_default(tmp_path):
     assert main(["compile", "-o", str(out), "--image", "fer-train:local"]) == 0
     tasks = yaml.safe_load(out.read_text())["root"]["dag"]["tasks"]
     cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
-    assert {"ingest-op", "preprocess-op", "class-weights-op"} <= cached
+    # the teacher step too: else every train task after it would miss the cache
+    assert {"ingest-op", "preprocess-op", "class-weights-op", "teacher-op"} <= cached
     assert "evaluate-op" not in cached  # the champion may change between identical runs
 
 
