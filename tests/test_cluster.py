@@ -48,7 +48,7 @@ def test_training_image_is_pinned_non_root_and_installs_only_pinned_dependencies
 
 def test_every_component_names_the_training_image_in_one_place():
     ops = [getattr(kfp_components, name) for name in dir(kfp_components) if name.endswith("_op")]
-    assert len(ops) == 10
+    assert len(ops) == 11  # the ten steps and the distillation teacher
     for op in ops:
         assert op.component_spec.implementation.container.image == TRAIN_IMAGE, op.name
 
@@ -60,7 +60,7 @@ def test_compile_for_a_cluster_image(tmp_path):
                  "--serving-base", "gs://m/serving", "--gpus", "2", "--train-memory", "32G"]) == 0
     spec = yaml.safe_load(out.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 10
+    assert len(executors) == 11
     assert {name: e["container"]["image"] for name, e in executors.items()} == {
         name: image for name in executors}
     # The train task asks for the GPUs, CPU and memory.

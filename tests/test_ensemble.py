@@ -87,13 +87,17 @@ def test_the_exported_ensemble_serves_the_same_probabilities(members, prepared, 
     assert max(result["max_probability_difference"].values()) < 1e-4
     metrics = json.loads((tmp_path / "sm" / "assets.extra" / "metrics.json").read_text())
     assert metrics["training"]["architecture"] == "ensemble"
-    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_tta"]  # the flip average
     faces = FaceDataset.load(prepared / "dataset").split(VAL).images[:6, ..., None]
     out = served(pixels=tf.constant(faces, tf.float32))["probabilities"].numpy()
     flipped = faces[:, :, ::-1, :]
     by_hand = (model.predict(faces.astype("float32"), verbose=0)
                + model.predict(flipped.astype("float32"), verbose=0)) / 2
     np.testing.assert_allclose(out, by_hand, atol=1e-4)
+    # serving_default: the ensemble in one pass (each member once)
+    single = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    np.testing.assert_allclose(single(pixels=tf.constant(faces, tf.float32))[
+        "probabilities"].numpy(), model.predict(faces.astype("float32"), verbose=0), atol=1e-4)
 
 
 def test_combine_picks_the_best_or_builds_the_ensemble(members, prepared, tmp_path):
