@@ -89,20 +89,24 @@ def _recorded_test_figures(teacher_dir: Path) -> dict[str, float]:
             for k in ("accuracy", "macro_f1") if k in metrics}
 
 
-def _probabilities(teacher_dir: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
+def _probabilities(teacher_dir: Path, *splits: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """The teacher's probabilities for each array of faces in ``splits`` (the SavedModel
+    loaded once), and the signature that gave them."""
     import tensorflow as tf
     from tqdm import tqdm
 
     loaded = tf.saved_model.load(str(teacher_dir))
     name = SIGNATURE_PIXELS_TTA if SIGNATURE_PIXELS_TTA in loaded.signatures else SIGNATURE_PIXELS
     fn, input_name = loaded.signatures[name], SIGNATURES[name].input.name
-    chunks = []
-    for start in tqdm(range(0, len(images), BATCH), desc="[teacher] predicting", unit="batch",
-                      mininterval=10):
-        x = tf.constant(to_model_input(images[start:start + BATCH]))
-        chunks.append(fn(**{input_name: x})[PROBABILITIES].numpy())
-    probabilities = np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), np.float32)
-    return probabilities.astype(np.float32), name
+    results = []
+    for images in splits:
+        chunks = [np.zeros((0, NUM_CLASSES), np.float32)]
+        for start in tqdm(range(0, len(images), BATCH), desc="[teacher] predicting",
+                          unit="batch", mininterval=10):
+            x = tf.constant(to_model_input(images[start:start + BATCH]))
+            chunks.append(fn(**{input_name: x})[PROBABILITIES].numpy())
+        results.append(np.concatenate(chunks).astype(np.float32))
+    return results, name
 
 
 def teacher_predictions(teacher_dir: str | Path | None, dataset_dir: str | Path,
@@ -133,12 +137,13 @@ def teacher_predictions(teacher_dir: str | Path | None, dataset_dir: str | Path,
     cached = Path(cache_dir) / f"teacher-{key}" if cache_dir else None
     if cached is not None and (cached / INFO_FILE).is_file():
         print(f"[teacher] predictions of {teacher_dir} read from the cache {cached}", flush=True)
-        for name in (PREDICTIONS_FILE, INFO_FILE):
-            shutil.copyfile(cached / name, output_dir / name)
-        return {**read_json(output_dir / INFO_FILE), "cached": True}
+        shutil.copyfile(cached / PREDICTIONS_FILE, output_dir / PREDICTIONS_FILE)
+        info = {**read_json(cached / INFO_FILE), "teacher": str(teacher_dir)}  # where it is now
+        write_json(output_dir / INFO_FILE, info)
+        return {**info, "cached": True}
     print(f"[teacher] {teacher_dir}: predicting {len(train):,} train faces", flush=True)
-    probabilities, signature = _probabilities(teacher_dir, train.images)
-    val_proba, _ = _probabilities(teacher_dir, val.images)
+    (probabilities, val_proba), signature = _probabilities(teacher_dir, train.images,
+                                                           val.images)
     np.savez(output_dir / PREDICTIONS_FILE, **{PROBABILITIES: probabilities},
              source_ids=train.source_ids.astype(str))
     info = {"teacher": str(teacher_dir), "signature": signature, "key": key,
