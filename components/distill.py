@@ -185,11 +185,19 @@ def has_teacher(predictions_dir: str | Path) -> bool:
     return (Path(predictions_dir) / PREDICTIONS_FILE).is_file()
 
 
-def distillation_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
-    """float32 [N,7] targets: ``weight`` of the teacher's probabilities plus ``1 - weight``
-    of the one-hot labels. Cross-entropy against them is the weighted sum of the
-    cross-entropies against each."""
+def distillation_targets(labels: np.ndarray, teacher: np.ndarray, weight: float,
+                         temperature: float = 1.0) -> np.ndarray:
+    """float32 [N,7] targets: ``weight`` of the teacher's probabilities (softened by
+    ``temperature``: ``softmax(log p / T)``) plus ``1 - weight`` of the one-hot labels.
+    Cross-entropy against them is the weighted sum of the cross-entropies against each."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"distill_weight must be in [0, 1], got {weight}")
+    if not temperature > 0:
+        raise ValueError(f"distill_temperature must be > 0, got {temperature}")
+    if temperature != 1.0:
+        logits = np.log(np.maximum(teacher.astype(np.float64), 1e-12)) / temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        soft = np.exp(logits)
+        teacher = soft / soft.sum(axis=1, keepdims=True)
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
     return (weight * teacher + (1.0 - weight) * one_hot).astype(np.float32)

@@ -34,6 +34,20 @@ def test_targets_mix_the_teacher_and_the_label():
         distillation_targets(np.array([3]), teacher, 1.5)
 
 
+def test_a_temperature_softens_the_teacher_but_keeps_its_order():
+    teacher = np.array([[1e-5, 0.99994, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5]], np.float32)
+    soft = distillation_targets(np.array([1]), teacher, 1.0, temperature=4.0)[0]
+    assert soft.sum() == pytest.approx(1.0)
+    assert soft.argmax() == 1 and soft[1] < 0.95 and soft[0] > 0.01
+    ranked = np.array([[0.5, 0.3, 0.1, 0.05, 0.03, 0.015, 0.005]], np.float32)
+    np.testing.assert_array_equal(
+        np.argsort(distillation_targets(np.array([0]), ranked, 1.0, 3.0)[0]), np.argsort(ranked[0]))
+    np.testing.assert_allclose(distillation_targets(np.array([0]), ranked, 1.0, 1.0)[0],
+                               ranked[0], atol=1e-7)
+    with pytest.raises(ValueError, match="distill_temperature must be > 0"):
+        distillation_targets(np.array([0]), ranked, 1.0, 0.0)
+
+
 def test_teachers_are_resolved_by_name(exported_model, tmp_path):
     assert resolve_teacher("", str(tmp_path), "fer") is None
     assert resolve_teacher("bundled", str(tmp_path), "fer") == BUNDLED_MODEL_BASE / "1"

@@ -105,6 +105,10 @@ class TrainConfig:
     distill_weight: float = setting(
         0.5, "with a teacher: the weight of its probabilities in the targets (the rest: the "
         "hard label)")
+    distill_temperature: float = setting(
+        1.0, "with a teacher: soften its probabilities by this temperature before they become "
+        "targets (p ** (1/T), renormalised); above 1 brings out what a teacher that knows its "
+        "train faces by heart says about the other classes")
     teacher_predictions: str | None = setting(
         None, "distillation: a teacher step's output (components.distill), None for none")
 
@@ -138,6 +142,9 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise RecipeError("label_smoothing",
                               f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.distill_temperature > 0:
+            raise RecipeError("distill_temperature", f"distill_temperature must be > 0, got "
+                              f"{self.distill_temperature}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise RecipeError("distill_weight",
                               f"distill_weight must be in [0, 1], got {self.distill_weight}")

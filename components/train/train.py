@@ -79,9 +79,11 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     targets, distillation = None, None
     if config.teacher_predictions is not None:
         teacher, info = load_teacher(config.teacher_predictions, train_set)
-        targets = distillation_targets(train_set.labels, teacher, config.distill_weight)
+        targets = distillation_targets(train_set.labels, teacher, config.distill_weight,
+                                       config.distill_temperature)
         distillation = {**{k: v for k, v in info.items() if k not in ("key", "teacher")},
                         "weight": config.distill_weight,
+                        "temperature": config.distill_temperature,
                         "initialised_from_teacher": config.init_from == TEACHER}
         if config.init_from == TEACHER:
             config = replace(config, init_from=info["teacher"])
