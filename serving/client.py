@@ -37,7 +37,8 @@ from serving.contract import (
     PROBABILITIES,
     signature_name,
 )
-from serving.model_store import ServingError, load_version
+from serving.limits import Limits, ServingError
+from serving.model_store import load_version
 
 
 class ClientError(Exception):
@@ -193,10 +194,16 @@ class LocalClient:
         self.model = load_version(str(path), int(path.name) if path.name.isdigit() else 0)
 
     def _predict(self, signature: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The signature's outputs for ``inputs`` (one input), run in batches of the
+        server's default ``max_batch_size``."""
+        ((name, values),) = inputs.items()
+        step = Limits().max_batch_size
         try:
-            return _result(self.model.predict(signature, inputs))
+            parts = [self.model.predict(signature, {name: values[start:start + step]})
+                     for start in range(0, len(values) or 1, step)]
         except ServingError as exc:
             raise ClientError(str(exc), exc.status) from exc
+        return _result({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
     def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``

@@ -35,6 +35,8 @@ NUM_CLASSES = len(CLASS_NAMES)
 #: Faces are IMAGE_SIZE x IMAGE_SIZE gray pixels, values 0-255.
 IMAGE_SIZE = 48
 FACE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+#: The range of a pixel value, inclusive.
+PIXEL_RANGE = (0.0, 255.0)
 
 # --- artifact files -----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,25 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from serving.contract import ASSETS_EXTRA, LABELS_FILE, SIGNATURE_PIXELS, WARMUP_FILE
+from serving.contract import (
+    ASSETS_EXTRA,
+    LABELS_FILE,
+    PIXEL_RANGE,
+    PIXELS_INPUT,
+    SIGNATURE_PIXELS,
+    WARMUP_FILE,
+)
+from serving.limits import (
+    Limits,
+    ServingError,
+    check_batch,
+    check_images,
+    check_numbers,
+    short,
+)
 from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 
 log = logging.getLogger(__name__)
-
-
-class ServingError(Exception):
-    """A request the server cannot answer; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -73,10 +80,13 @@ class LoadedVersion:
     labels: list[str]
     _module: Any = field(repr=False, default=None)  # keeps the loaded variables alive
 
-    def predict(self, signature_name: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    def predict(self, signature_name: str, inputs: dict[str, Any],
+                limits: Limits = Limits()) -> dict[str, np.ndarray]:
         """Run the signature ``signature_name`` on ``inputs`` (input name -> values); return its
         outputs as arrays. Raises :class:`ServingError` (400) for an unknown signature or bad
-        inputs."""
+        inputs: wrong names, types or shapes, a batch over ``limits.max_batch_size``, values
+        that are not finite or (pixels) outside 0-255, images whose headers promise more
+        pixels than the limits allow."""
         if signature_name not in self.signatures:
             raise ServingError(400, f'Serving signature name: "{signature_name}" not found in '
                                f"signature def (has: {', '.join(sorted(self.signatures))})")
@@ -89,11 +99,13 @@ class LoadedVersion:
                                f"{sorted(expected)}; missing {missing}, unexpected {extra}")
         tensors = {}
         for name, spec in expected.items():
-            tensors[name] = _to_tensor(name, inputs[name], spec)
+            tensors[name] = _to_tensor(name, inputs[name], spec, limits)
         try:
             outputs = fn(**tensors)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
             raise ServingError(400, tf_error_message(exc.message)) from exc
+        except tf.errors.ResourceExhaustedError as exc:
+            raise ServingError(429, f"out of memory: {tf_error_message(exc.message)}") from exc
         return {k: v.numpy() for k, v in outputs.items()}
 
 
@@ -105,20 +117,59 @@ def tf_error_message(text: str) -> str:
     return (useful or lines or ["prediction failed"])[0]
 
 
-def _to_tensor(name: str, value: Any, spec: tf.TensorSpec) -> tf.Tensor:
+_TYPE_NAMES = {bool: "true/false", type(None): "null", str: "a string", dict: "an object",
+               list: "a list"}
+
+
+def _numbers(name: str, value: Any) -> np.ndarray:
+    """``value`` (an array, or nested lists from JSON) as a real-number array; refuses
+    booleans, nulls, strings, objects, complex numbers and ragged lists by name."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
+        return value
+    if isinstance(value, np.ndarray) and value.dtype.kind != "O":
+        raise ServingError(400, f"input {name!r}: expects real numbers, got {value.dtype.name}")
     try:
-        if spec.dtype == tf.string:
-            array = np.asarray(value, dtype=object)
-            tensor = tf.constant(array.tolist() if array.ndim else [value], dtype=tf.string)
+        array = np.array(value, dtype=object)
+    except ValueError as exc:  # ragged
+        raise ServingError(400, f"input {name!r}: not a rectangular array of numbers "
+                                f"({str(exc).split(';')[0]})") from None
+    odd = {t for t in map(type, array.ravel().tolist()) if t not in (int, float)}
+    if list in odd:
+        raise ServingError(400, f"input {name!r}: not a rectangular array of numbers")
+    if odd:
+        kinds = ", ".join(sorted(_TYPE_NAMES.get(t, t.__name__) for t in odd))
+        raise ServingError(400, f"input {name!r}: expects numbers, got {kinds}")
+    try:
+        return array.astype(np.float64)
+    except OverflowError:
+        raise ServingError(400, f"input {name!r}: a number is out of range") from None
+
+
+def _to_tensor(name: str, value: Any, spec: tf.TensorSpec, limits: Limits) -> tf.Tensor:
+    if spec.dtype == tf.string:
+        array = np.asarray(value, dtype=object)
+        items = array.ravel().tolist() if array.ndim else [value]
+        if not all(isinstance(v, (bytes, str)) for v in items):
+            raise ServingError(400, f"input {name!r}: expects strings (encoded images; over "
+                                    f'REST as {{"b64": ...}}), got other values')
+        check_batch(name, len(array) if array.ndim else 1, limits)
+        check_images(name, [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v
+                            for v in items], limits)
+        tensor = tf.constant(array.tolist() if array.ndim else [value], dtype=tf.string)
+    else:
+        array = _numbers(name, value)
+        if array.ndim:
+            check_batch(name, array.shape[0], limits)
+        if spec.dtype.is_integer and array.dtype.kind == "f":
+            if not np.array_equal(array, np.round(array)):
+                raise ServingError(400, f"input {name!r}: expects integers")
+            info = np.iinfo(spec.dtype.as_numpy_dtype)
+            check_numbers(name, array, (info.min, info.max))
         else:
-            array = np.asarray(value)
-            if (spec.dtype.is_integer and array.dtype.kind == "f"
-                    and not np.array_equal(array, np.round(array))):
-                raise ValueError("non-integer values")
-            tensor = tf.constant(array.astype(spec.dtype.as_numpy_dtype, copy=False))
-    except (ValueError, TypeError) as exc:
-        raise ServingError(400, f"input {name!r}: cannot convert to {spec.dtype.name} tensor "
-                           f"({exc})") from exc
+            check_numbers(name, array, PIXEL_RANGE if name == PIXELS_INPUT else None)
+        converted = array.astype(spec.dtype.as_numpy_dtype, copy=False)
+        check_numbers(name, converted, None)  # finite after the cast (1e39 -> inf in float32)
+        tensor = tf.constant(converted)
     if not spec.shape.is_compatible_with(tensor.shape):
         raise ServingError(400, f"input {name!r} has shape {tensor.shape.as_list()}, "
                            f"expected {spec.shape.as_list()} (None: any size)")
@@ -143,6 +194,13 @@ class _Local:
 
     def materialize(self, version: int, cache: Path) -> str:
         return str(self.base / str(version))
+
+    def fingerprint(self, version: int) -> tuple:
+        """What changes when the version's files do: each file's path, inode, size and
+        mtime (a directory replaced by a copy has new inodes)."""
+        root = self.base / str(version)
+        return tuple(sorted((str(p.relative_to(root)), st.st_ino, st.st_size, st.st_mtime_ns)
+                            for p in root.rglob("*") if p.is_file() for st in [p.stat()]))
 
 
 class _GCS:
@@ -170,6 +228,11 @@ class _GCS:
             dest.parent.mkdir(parents=True, exist_ok=True)
             blob.download_to_filename(str(dest))
         return str(target)
+
+    def fingerprint(self, version: int) -> tuple:
+        """What changes when the version's objects do: each object's name and generation."""
+        return tuple(sorted((b.name, b.generation)
+                            for b in self.bucket.list_blobs(prefix=f"{self.prefix}{version}/")))
 
 
 def load_version(path: str, version: int) -> LoadedVersion:
@@ -222,7 +285,8 @@ class ModelStore:
     """The versions of one model that the server serves, kept up to date by polling."""
 
     def __init__(self, model_name: str, base_path: str, policy: VersionPolicy | None = None,
-                 version_labels: dict[str, int] | None = None, poll_seconds: float = 1.0):
+                 version_labels: dict[str, int] | None = None, poll_seconds: float = 1.0,
+                 on_event: Callable[[str, str, int], None] | None = None):
         self.name = model_name
         self.base_path = base_path
         self.policy = policy or VersionPolicy()
@@ -232,37 +296,68 @@ class ModelStore:
         self._cache = Path(tempfile.mkdtemp(prefix=f"fer-serve-{model_name}-"))
         self._served: dict[int, LoadedVersion] = {}
         self._states: dict[int, dict[str, Any]] = {}
-        self._failed: set[int] = set()
+        self._failed: dict[int, tuple] = {}  # version -> its files' fingerprint at failure
+        #: called with (model name, event, versions served after it) for each ``loaded``,
+        #: ``unloaded`` and ``load_failed``
+        self.on_event = on_event
         self._lock = threading.Lock()  # one poll at a time; readers never wait
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- polling
 
+    def _event(self, event: str, served: int) -> None:
+        if self.on_event is not None:
+            self.on_event(self.name, event, served)
+
+    def _retryable(self, version: int) -> bool:
+        """Whether ``version`` may be loaded: never failed, or its files changed since (as
+        TF Serving retries a version whose files change)."""
+        if version not in self._failed:
+            return True
+        try:
+            changed = self._source.fingerprint(version) != self._failed[version]
+        except OSError:  # mid-replacement: look again at the next poll
+            return False
+        if changed:
+            log.info("version %d of %s changed since it failed to load; retrying", version,
+                     self.name)
+            del self._failed[version]
+        return changed
+
     def poll(self) -> None:
         """Load the versions the policy wants, then unload the ones it no longer wants."""
         with self._lock:
-            available = [v for v in self._source.versions() if v not in self._failed]
+            available = [v for v in self._source.versions() if self._retryable(v)]
             wanted = self.policy.choose(available)
             served = dict(self._served)
             for version in sorted(wanted - set(served), reverse=True):
                 self._states[version] = {"state": "LOADING", "error": ""}
+                before: tuple = ()
                 try:
+                    before = self._source.fingerprint(version)
                     loaded = load_version(self._source.materialize(version, self._cache), version)
                 except Exception as exc:  # noqa: BLE001 - any load failure keeps the old version
-                    self._failed.add(version)
-                    self._states[version] = {"state": "END", "error": f"{type(exc).__name__}: {exc}"}
+                    try:
+                        self._failed[version] = self._source.fingerprint(version)
+                    except OSError:
+                        self._failed[version] = before
+                    self._states[version] = {"state": "END",
+                                             "error": short(f"{type(exc).__name__}: {exc}")}
                     log.error("version %d of %s failed to load (%s); still serving %s", version,
-                              self.name, exc, sorted(served) or "nothing")
+                              self.name, short(str(exc)), sorted(served) or "nothing")
+                    self._event("load_failed", len(served))
                     continue
                 served[version] = loaded
                 self._states[version] = {"state": "AVAILABLE", "error": ""}
+                self._event("loaded", len(served))
             if not any(v in served for v in wanted):
                 return  # nothing new loaded: keep serving what we have
             for version in set(served) - wanted:
                 del served[version]
                 self._states[version] = {"state": "END", "error": ""}
                 log.info("unloaded version %d of %s", version, self.name)
+                self._event("unloaded", len(served))
             if served != self._served:
                 self._served = served  # one assignment: the swap requests see
                 settle_heap()
@@ -279,7 +374,7 @@ class ModelStore:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - a broken poll must not stop the poller
+            except Exception:
                 log.exception("polling %s failed; will retry", self.base_path)
 
     def stop(self) -> None:

@@ -135,7 +135,7 @@ def format_results(results: list[ImageResult]) -> str:
         lines.append(f"  {'box (x,y,w,h)':<22}{'emotion':<10}" + header)
         for box, probs in zip(r.boxes, r.probabilities):
             top = CLASS_NAMES[int(np.argmax(probs))]
-            lines.append(f"  {str(box):<22}{top:<10}  " + " ".join(f"{p:>8.3f}" for p in probs))
+            lines.append(f"  {box!s:<22}{top:<10}  " + " ".join(f"{p:>8.3f}" for p in probs))
     return "\n".join(lines)
 
 

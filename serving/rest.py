@@ -8,26 +8,40 @@ body is accepted with or without a ``Content-Type`` header.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import logging
+import time
 from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.contract import SIGNATURE_PIXELS
-from serving.fastjson import parse_json
-from serving.model_store import LoadedVersion, ModelStore, ServingError
+from serving.fastjson import BatchTooLarge, JSONLimitError, parse_json
+from serving.limits import (
+    InferenceGate,
+    Limits,
+    ServingError,
+    check_batch,
+    check_json_depth,
+    short,
+)
+from serving.model_store import LoadedVersion, ModelStore
+from serving.telemetry import METRICS_PATH, RequestRecord, Telemetry
+from serving.v2 import v2_routes
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -112,10 +126,89 @@ def metadata_response(store: ModelStore, loaded: LoadedVersion) -> dict[str, Any
     }
 
 
-def create_app(stores: dict[str, ModelStore],
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
-    """The Starlette app with TF Serving's REST routes (status, metadata, predict) over
-    ``stores`` (model name -> store); bodies over ``max_body_bytes`` are refused."""
+class _Handling:
+    """Run one predict (in a worker thread, holding an inference slot), and count it."""
+
+    def __init__(self, limits: Limits, gate: InferenceGate, telemetry: Telemetry):
+        self.limits, self.gate, self.telemetry = limits, gate, telemetry
+
+    def _infer(self, loaded: LoadedVersion, signature: str,
+               inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        with self.gate.slot():
+            return loaded.predict(signature, inputs, self.limits)
+
+    async def predict(self, loaded: LoadedVersion, signature: str,
+                      inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """``loaded``'s ``signature`` on ``inputs``, off the event loop."""
+        return await run_in_threadpool(self._infer, loaded, signature, inputs)
+
+    async def read_json(self, request: Request) -> Any:
+        """The request's JSON body: refused when over ``max_body_bytes`` (413), not received
+        within the REST timeout (408), nested too deep, malformed, or holding a tensor with
+        more items than ``max_batch_size`` (400). Parsed off the event loop."""
+        limit = self.limits.max_body_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise ServingError(413, f"request body of {int(length):,} bytes exceeds the limit "
+                                    f"of {limit:,} bytes (--max_body_bytes)")
+
+        async def receive() -> bytes:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ServingError(413, f"request body exceeds the limit of {limit:,} "
+                                            f"bytes (--max_body_bytes)")
+            return bytes(body)
+
+        timeout = self.limits.rest_api_timeout_in_ms
+        try:
+            body = await asyncio.wait_for(receive(), timeout / 1000)
+        except TimeoutError:
+            raise ServingError(408, f"request body not received within {timeout} ms "
+                                    f"(--rest_api_timeout_in_ms)") from None
+        return await run_in_threadpool(self.parse, body)
+
+    def parse(self, body: bytes) -> Any:
+        """``body`` as JSON, its depth and batch checked first."""
+        check_json_depth(body, self.limits)
+        try:
+            return parse_json(body, self.limits.max_batch_size)
+        except BatchTooLarge as exc:
+            check_batch(exc.name, exc.size, self.limits)
+            raise AssertionError("unreachable") from exc
+        except JSONLimitError as exc:
+            raise ServingError(400, f"JSON Parse error: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ServingError(400, f"JSON Parse error: {exc}") from None
+
+    def record(self, api: str, model: str, loaded: LoadedVersion | None, signature: str,
+               status: int, started: float, batch: int) -> None:
+        """Count a finished predict request (and log it, with a request log)."""
+        self.telemetry.record(RequestRecord(
+            api, model, str(loaded.version) if loaded else "", signature, str(status),
+            (time.perf_counter() - started) * 1000, batch))
+
+
+def batch_size(inputs: dict[str, Any]) -> int:
+    """The number of faces or images in a request's inputs (0 when it cannot tell)."""
+    first = next(iter(inputs.values()), None)
+    try:
+        return len(first) if first is not None else 0
+    except TypeError:
+        return 1
+
+
+def create_app(stores: dict[str, ModelStore], limits: Limits | None = None,
+               gate: InferenceGate | None = None, telemetry: Telemetry | None = None,
+               ) -> Starlette:
+    """The Starlette app over ``stores`` (model name -> store): TF Serving's REST routes
+    (status, metadata, predict), the Open Inference Protocol's (:mod:`serving.v2`) and the
+    Prometheus metrics; requests held to ``limits``, inferences through ``gate``, counted
+    by ``telemetry``."""
+    limits = limits or Limits()
+    handling = _Handling(limits, gate or InferenceGate(limits), telemetry or Telemetry())
+
     def store_for(request: Request) -> ModelStore:
         name = request.path_params["name"]
         if name not in stores:
@@ -136,42 +229,48 @@ def create_app(stores: dict[str, ModelStore],
         store = store_for(request)
         return JSONResponse(metadata_response(store, store.get(**selector(request))))
 
-    async def read_json(request: Request) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body_bytes:
-            raise ServingError(413, f"request body of {int(length):,} bytes exceeds the "
-                                    f"limit of {max_body_bytes:,} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise ServingError(413, f"request body exceeds the limit of "
-                                        f"{max_body_bytes:,} bytes")
-        try:
-            return parse_json(bytes(body))  # whatever the Content-Type, as TF Serving
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ServingError(400, f"JSON Parse error: {exc}") from exc
-
     async def predict(request: Request) -> JSONResponse:
-        store = store_for(request)
-        loaded = store.get(**selector(request))
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise ServingError(400, "the request body must be a JSON object")
-        signature = body.get("signature_name", SIGNATURE_PIXELS)
-        if not isinstance(signature, str) or signature not in loaded.signatures:
-            raise ServingError(400, f'Serving signature name: "{signature}" not found in '
-                               f"signature def (has: {', '.join(sorted(loaded.signatures))})")
-        _, spec = loaded.signatures[signature].structured_input_signature
-        inputs, row = parse_predict_body(body, list(spec))
-        outputs = await run_in_threadpool(loaded.predict, signature, inputs)
-        return JSONResponse(format_predict_response(outputs, row))
+        started, loaded, signature, batch, code = time.perf_counter(), None, "", 0, 500
+        name = request.path_params["name"]
+        try:
+            store = store_for(request)
+            loaded = store.get(**selector(request))
+            body = await handling.read_json(request)
+            if not isinstance(body, dict):
+                raise ServingError(400, "the request body must be a JSON object")
+            signature = body.get("signature_name", SIGNATURE_PIXELS)
+            if not isinstance(signature, str) or signature not in loaded.signatures:
+                shown, signature = (signature if isinstance(signature, str) else "?"), ""
+                raise ServingError(400, f'Serving signature name: "{shown[:64]}" not found in '
+                                   f"signature def (has: {', '.join(sorted(loaded.signatures))})")
+            _, spec = loaded.signatures[signature].structured_input_signature
+            inputs, row = parse_predict_body(body, list(spec))
+            batch = batch_size(inputs)
+            outputs = await handling.predict(loaded, signature, inputs)
+            code = 200
+            return JSONResponse(format_predict_response(outputs, row))
+        except ServingError as exc:
+            code = exc.status
+            raise
+        finally:
+            if name in stores:
+                handling.record("rest", name, loaded, signature, code, started, batch)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(handling.telemetry.registry),
+                        media_type=CONTENT_TYPE_LATEST)
 
     async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, f"Malformed request: {request.method} {request.url.path}")
+        return _error(exc.status_code, f"Malformed request: {request.method} "
+                                       f"{short(request.url.path, 100)}")
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error answering %s %s", request.method,
+                      short(request.url.path, 100))
+        return _error(500, short(f"internal error: {type(exc).__name__}: {exc}"))
 
     base = "/v1/models/{name}"
     routes = []
@@ -181,5 +280,9 @@ def create_app(stores: dict[str, ModelStore],
             Route(base + prefix + "/metadata", metadata, methods=["GET"]),
             Route(base + prefix + ":predict", predict, methods=["POST"]),
         ]
-    return Starlette(routes=routes, exception_handlers={ServingError: serving_error,
-                                                         HTTPException: http_error})
+    routes.append(Route(METRICS_PATH, metrics, methods=["GET"]))
+    routes += v2_routes(stores, handling)
+    app = Starlette(routes=routes, exception_handlers={
+        ServingError: serving_error, HTTPException: http_error, Exception: internal_error})
+    app.router.redirect_slashes = False  # a redirect would be built from the client's Host
+    return app

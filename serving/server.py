@@ -7,11 +7,16 @@ Flags are named like ``tensorflow_model_server``'s::
               --rest_api_port=8501 --port=8500 --file_system_poll_wait_seconds=1
     fer-serve --model_config_file=serving/models.config
     fer-serve        # no model named: the model bundled with the package (if one ships)
+
+Both APIs listen on 127.0.0.1 unless --rest_api_host names another address (0.0.0.0 for
+all, as the container image does). The limits (--max_batch_size and the rest) hold for
+both APIs; metrics are at /monitoring/prometheus/metrics, the KServe V2 routes under /v2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -21,11 +26,14 @@ from pathlib import Path
 import uvicorn
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.contract import BUNDLED_MODEL_BASE
 from serving.grpc_service import create_grpc_server
+from serving.limits import InferenceGate, Limits
 from serving.model_store import ModelStore, VersionPolicy, local_versions
-from serving.rest import DEFAULT_MAX_BODY_BYTES, create_app
+from serving.rest import create_app
+from serving.telemetry import Telemetry
 
 log = logging.getLogger("fer-serve")
 
@@ -57,18 +65,63 @@ def stores_from_config(path: str | Path, poll_seconds: float) -> dict[str, Model
     return stores
 
 
-class LocalServer:
-    """REST (uvicorn) and gRPC servers over the same model stores, started in threads."""
+class _DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline for a request's head: a connection that
+    opens and sends nothing, or half a request line, is closed after ``head_timeout``
+    seconds (uvicorn itself only times out idle connections between requests)."""
 
-    def __init__(self, stores: dict[str, ModelStore], host: str = "0.0.0.0",
+    head_timeout = 30.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def _cancel_head_deadline(self) -> None:
+        if getattr(self, "_head_deadline", None) is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class LocalServer:
+    """REST (uvicorn) and gRPC servers over the same model stores, started in threads, held
+    to the same ``limits``, sharing one inference gate and one set of metrics."""
+
+    def __init__(self, stores: dict[str, ModelStore], host: str = "127.0.0.1",
                  rest_port: int = 8501, grpc_port: int = 8500,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 limits: Limits | None = None, request_log: str | None = None):
         self.stores = stores
         self.host = host
-        self.grpc_server, self.grpc_port = create_grpc_server(stores, f"{host}:{grpc_port}")
-        config = uvicorn.Config(create_app(stores, max_body_bytes), host=host, port=rest_port,
-                                log_level="warning", access_log=False, timeout_keep_alive=30,
-                                http="httptools",  # C parser: large JSON bodies
+        self.limits = limits or Limits()
+        self.telemetry = Telemetry(request_log)
+        self.gate = gate = InferenceGate(self.limits)
+        for store in stores.values():
+            store.on_event = self.telemetry.model_event
+        self.grpc_server, self.grpc_port = create_grpc_server(
+            stores, f"{host}:{grpc_port}", self.limits, gate, self.telemetry)
+        timeout = self.limits.rest_api_timeout_in_ms / 1000
+        protocol = type("Protocol", (_DeadlineProtocol,), {"head_timeout": timeout})
+        config = uvicorn.Config(create_app(stores, self.limits, gate, self.telemetry),
+                                host=host, port=rest_port, log_level="warning",
+                                access_log=False, timeout_keep_alive=int(max(1, timeout)),
+                                http=protocol,  # httptools' C parser, with a head deadline
                                 loop="uvloop")  # libuv event loop: less per-request overhead
         self.rest = uvicorn.Server(config)
         self.rest_port = rest_port
@@ -100,6 +153,7 @@ class LocalServer:
         self.grpc_server.stop(grace=2).wait()
         for store in self.stores.values():
             store.stop()
+        self.telemetry.close()
 
     def wait(self, done: threading.Event) -> None:
         """Block until ``done`` is set (by a signal handler) or the REST server ends; stop."""
@@ -117,11 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_base_path", help="directory of numbered versions, local or gs:// "
                    "(default, without --model_config_file: the bundled released model)")
     p.add_argument("--model_config_file", help="TF Serving model_config_list text proto")
-    p.add_argument("--rest_api_port", type=int, default=8501)
-    p.add_argument("--port", type=int, default=8500, help="gRPC port")
-    p.add_argument("--rest_api_host", default="0.0.0.0", help="address to bind (both APIs)")
-    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-    p.add_argument("--rest_api_max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default: "
+                   "%(default)s)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (default: %(default)s)")
+    p.add_argument("--rest_api_host", default="127.0.0.1", help="address both APIs bind "
+                   "(default: %(default)s; 0.0.0.0 for every interface)")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                   help="how often to look for new versions (default: %(default)s)")
+    p.add_argument("--request_log_file", help="append one JSON line per predict request "
+                   "(time, model, version, signature, status, latency, batch size; no pixels)")
+    limits = p.add_argument_group("limits (both APIs)")
+    for f in dataclasses.fields(Limits):
+        limits.add_argument(f"--{f.name}", type=int, default=f.default,
+                            help=f"{f.metadata['help']} (default: %(default)s)")
     return p
 
 
@@ -151,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         done = threading.Event()  # before start: a SIGTERM during start-up stops cleanly
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
+        limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
         server = LocalServer(stores, args.rest_api_host, args.rest_api_port, args.port,
-                             args.rest_api_max_body_bytes).start()
+                             limits, args.request_log_file).start()
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -95,15 +95,17 @@ def second_exported_model(prepared, tmp_path_factory) -> Path:
 @pytest.fixture
 def serve(tmp_path):
     """Start a real local server (REST + gRPC on 127.0.0.1) over a model base path."""
+    from serving.limits import Limits
     from serving.model_store import ModelStore
     from serving.server import LocalServer
 
     servers = []
 
-    def start(base_path, poll_seconds=0.3, labels=None, max_body_bytes=None, name="fer"):
+    def start(base_path, poll_seconds=0.3, labels=None, name="fer", request_log=None,
+              **limits):
         store = ModelStore(name, str(base_path), version_labels=labels, poll_seconds=poll_seconds)
-        kwargs = {"max_body_bytes": max_body_bytes} if max_body_bytes else {}
-        server = LocalServer({name: store}, "127.0.0.1", free_port(), 0, **kwargs).start()
+        server = LocalServer({name: store}, "127.0.0.1", free_port(), 0, Limits(**limits),
+                             request_log).start()
         servers.append(server)
         return server
 

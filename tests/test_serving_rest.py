@@ -138,8 +138,10 @@ ERRORS = [
      "exactly one of 'instances'"),
     ("wrong shape", ":predict", {"instances": np.zeros((2, 48, 47, 1)).tolist()}, 400,
      "has shape [2, 48, 47, 1], expected [None, 48, 48, 1]"),
-    ("ragged", ":predict", {"instances": [[[0.0]], [[0.0, 1.0]]]}, 400, "cannot convert"),
-    ("wrong dtype", ":predict", {"instances": [[["a"] * 48] * 48]}, 400, "cannot convert"),
+    ("ragged", ":predict", {"instances": [[[0.0]], [[0.0, 1.0]]]}, 400,
+     "not a rectangular array of numbers"),
+    ("wrong dtype", ":predict", {"instances": [[["a"] * 48] * 48]}, 400,
+     "expects numbers, got a string"),
     ("unknown signature", ":predict", {"signature_name": "classify", "instances": [1]}, 400,
      'Serving signature name: "classify" not found'),
     ("undecodable image", ":predict",
@@ -251,9 +253,12 @@ def test_batch_through_the_array_path_matches_in_process(server, reference, key)
 
 
 def test_integer_inputs_refuse_fractions_from_the_array_path():
-    from serving.model_store import ServingError, _to_tensor
+    from serving.limits import Limits, ServingError
+    from serving.model_store import _to_tensor
 
     spec = tf.TensorSpec([None], tf.int32)
-    assert _to_tensor("n", np.array([1.0, 2.0]), spec).numpy().tolist() == [1, 2]
-    with pytest.raises(ServingError, match="cannot convert to int32"):
-        _to_tensor("n", np.array([1.5]), spec)
+    assert _to_tensor("n", np.array([1.0, 2.0]), spec, Limits()).numpy().tolist() == [1, 2]
+    with pytest.raises(ServingError, match="expects integers"):
+        _to_tensor("n", np.array([1.5]), spec, Limits())
+    with pytest.raises(ServingError, match=r"values must be in \[-2.14748e\+09"):
+        _to_tensor("n", np.array([2.0 ** 40]), spec, Limits())
