@@ -124,8 +124,8 @@ def check_numbers(name: str, array: np.ndarray, value_range: tuple[float, float]
     values = array.astype(np.float64, copy=False)
     finite = np.isfinite(values)
     if not finite.all():
-        raise ServingError(400, f"input {name!r}: {int((~finite).sum()):,} values are NaN or "
-                                f"infinite")
+        raise ServingError(400, f"input {name!r}: NaN or infinite values ("
+                                f"{int((~finite).sum()):,} of {values.size:,})")
     if value_range is not None and values.size:
         low, high = float(values.min()), float(values.max())
         if low < value_range[0] or high > value_range[1]:
@@ -144,8 +144,9 @@ def image_pixels(data: bytes) -> int | None:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
-        except Image.DecompressionBombError:
-            return 2 ** 62
+        except Image.DecompressionBombError as exc:  # over twice Pillow's own limit
+            found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) ..."
+            return int(found.group(1)) if found else 2 ** 62
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             return None
     return width * height
