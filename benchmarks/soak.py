@@ -16,7 +16,9 @@ in serving/model/fer), then:
    timeout, recording per request its status (HTTP code, gRPC code name, "timeout",
    "connection error") and latency. Between categories (and every 250 requests) the server
    must be alive and answer ``GET /v1/models/<model>``; when it is not, that is a death,
-   charged to the category, and the server is restarted (``--max-restarts``) so the run goes on.
+   charged to the category in flight (a server still busy with an earlier request that
+   timed out may die later: the report shows the request in flight and the log's last
+   lines), and the server is restarted (``--max-restarts``) so the run goes on.
 2. **Sustained load.** ``--load-seconds`` of valid predictions from ``--clients`` threads,
    in turn: REST ``serving_default`` with 1 and with 8 real faces, REST ``predict_images``
    with a JPEG face, gRPC Predict with 1 face (faces from ../shared/fer2013/test). Meanwhile
@@ -844,20 +846,20 @@ def _print_failures(fails: dict[str, dict[str, list[Outcome]]], deaths: list[Dea
                     load_errors: list[tuple[str, str, float]], server: Server) -> None:
     print("failures:")
     for d in deaths:
-        print(f"  death      {d.phase:<28} rc {d.returncode}; in flight: {d.in_flight[:100]}"
+        print(f"  {'death':<16} {d.phase:<26} rc {d.returncode}; in flight: {d.in_flight[:100]}"
               + ("" if d.restarted else " (not restarted)"))
         if d.log:
-            print(f"             log: {d.log[:400]}")
+            print(f"  {'':<16} log: {d.log[:400]}")
     for kind in FAILURE_KINDS:
         for cat, outs in sorted(fails.get(kind, {}).items()):
             first = outs[0]
             statuses = Counter(o.status for o in outs)
-            print(f"  {kind:<10} {cat:<28} x{len(outs):<5} {_by_status(statuses)}; e.g. "
+            print(f"  {kind:<16} {cat:<26} x{len(outs):<5} {_by_status(statuses)}; e.g. "
                   f"{first.case.note[:60]} -> {first.status} {first.latency:.1f} s "
                   f"{first.location and 'Location: ' + first.location} {first.sample[:120]}")
     if load_errors:
         counts = Counter((k, s) for k, s, _ in load_errors)
-        print("  load error " + ", ".join(f"{k} {s} x{n}" for (k, s), n in counts.items()))
+        print(f"  {'load error':<16} " + ", ".join(f"{k} {s} x{n}" for (k, s), n in counts.items()))
     print(f"  server log: {server.log_path}")
 
 

@@ -48,6 +48,7 @@ from serving.limits import (
 from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass
@@ -81,7 +82,7 @@ class LoadedVersion:
     _module: Any = field(repr=False, default=None)  # keeps the loaded variables alive
 
     def predict(self, signature_name: str, inputs: dict[str, Any],
-                limits: Limits = Limits()) -> dict[str, np.ndarray]:
+                limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
         """Run the signature ``signature_name`` on ``inputs`` (input name -> values); return its
         outputs as arrays. Raises :class:`ServingError` (400) for an unknown signature or bad
         inputs: wrong names, types or shapes, a batch over ``limits.max_batch_size``, values

@@ -194,7 +194,12 @@ def test_server_runs_with_dockerfile_serve_flags_and_mounted_configs(directory):
     data = config_map(docs)["data"]
     assert flag(container, "model_config_file") == "/config/models.config"
     assert flag(container, "batching_parameters_file") == "/config/batching.config"
-    assert set(data) == {"models.config", "batching.config"}
+    assert flag(container, "monitoring_config_file") == "/config/monitoring.config"
+    assert set(data) == {"models.config", "batching.config", "monitoring.config"}
+    assert 'path: "/monitoring/prometheus/metrics"' in data["monitoring.config"]
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8501",
+                           "prometheus.io/path": "/monitoring/prometheus/metrics"}
     dockerfile = (ROOT / "Dockerfile.serve").read_text()
     cmd = re.search(r"^CMD \[(.*?)\]", dockerfile, re.S | re.M).group(1)
     for arg in re.findall(r'"(--[^"]+)"', cmd):
@@ -202,11 +207,13 @@ def test_server_runs_with_dockerfile_serve_flags_and_mounted_configs(directory):
     assert flag(container, "port") == "8500" and flag(container, "rest_api_port") == "8501"
 
 
-def test_base_configs_are_copies_of_the_serving_configs():
-    for name in ("models.config", "batching.config"):
-        copy = INFRA / "serving" / "base" / "config" / name
-        assert copy.read_text() == (ROOT / "serving" / name).read_text(), \
-            f"{copy.relative_to(ROOT)} drifted from serving/{name}: copy it again"
+@pytest.mark.parametrize("copy", [
+    "serving/base/config/models.config", "serving/base/config/batching.config",
+    "serving/base/config/monitoring.config", "kserve/config/monitoring.config"])
+def test_infra_configs_are_copies_of_the_serving_configs(copy):
+    path = INFRA / copy
+    assert path.read_text() == (ROOT / "serving" / path.name).read_text(), \
+        f"{path.relative_to(ROOT)} drifted from serving/{path.name}: copy it again"
 
 
 def test_local_overlay_serves_fer_serve_image_from_a_pvc():
@@ -352,7 +359,16 @@ def test_kserve_inference_service():
     assert predictor["serviceAccountName"] == sa["metadata"]["name"]
     assert "iam.gke.io/gcp-service-account" in sa["metadata"]["annotations"]
     assert isvc["metadata"]["namespace"] == one(docs, "Namespace")["metadata"]["name"]
-    assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "InferenceService"}
+    assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "InferenceService",
+                                         "ConfigMap"}
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert annotations["prometheus.kserve.io/path"] == "/monitoring/prometheus/metrics"
+    assert model["args"] == ["--monitoring_config_file=/etc/fer/monitoring.config"]
+    (volume,) = predictor["volumes"]
+    assert volume["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
+    assert model["volumeMounts"] == [{"name": volume["name"], "mountPath": "/etc/fer",
+                                      "readOnly": True}]
 
 
 KEY_LIKE = [

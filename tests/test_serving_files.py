@@ -116,6 +116,8 @@ def test_hadolint_passes(dockerfile):
 def test_serving_image_is_pinned_and_ships_the_configs():
     text = (ROOT / "Dockerfile.serve").read_text()
     assert "FROM tensorflow/serving:2.21.0\n" in text
-    assert "COPY serving/models.config serving/batching.config /config/" in text
+    assert ("COPY serving/models.config serving/batching.config serving/monitoring.config "
+            "/config/") in text
     assert "--model_config_file=/config/models.config" in text
+    assert "--monitoring_config_file=/config/monitoring.config" in text
     assert "ENV MODEL_NAME=fer" in text

@@ -324,7 +324,7 @@ def test_metrics_count_requests_latency_and_batch_sizes(server, tmp_path):
     assert post(server, b"{not json").status_code == 400
     grpc_predict(server, tensor("pixels", types_pb2.DT_FLOAT, [1, 48, 48, 1], float_val=FACE))
     after = requests.get(metrics_url, timeout=10).text
-    ok = dict(model="fer", version="1", signature="serving_default")
+    ok = {"model": "fer", "version": "1", "signature": "serving_default"}
     assert metric(after, "fer_serving_requests_total", api="rest", status="200", **ok) == 1
     assert metric(after, "fer_serving_requests_total", api="rest", status="400") == 1
     assert metric(after, "fer_serving_requests_total", api="grpc", status="OK", **ok) == 1
