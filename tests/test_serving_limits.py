@@ -377,3 +377,18 @@ def test_v2_infer_gives_v1s_probabilities_and_the_health_routes(server):
         "inputs": [{"name": "pixels", "shape": [17, 48, 48, 1], "datatype": "FP32",
                     "data": [0.0] * (17 * 2304)}]})
     assert big.status_code == 400 and "exceeds the limit of 16" in big.json()["error"]
+
+
+def test_the_readme_documents_every_limit_with_its_default_and_every_metric():
+    import dataclasses
+    from pathlib import Path
+
+    from serving.limits import Limits
+    from serving.telemetry import Telemetry
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for f in dataclasses.fields(Limits):
+        assert f"| `--{f.name}` | {f.default:,} |" in readme, f.name
+    for collector in Telemetry().registry.collect():
+        name = collector.name + ("_total" if collector.type == "counter" else "")
+        assert f"`{name}`" in readme, name
