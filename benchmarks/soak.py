@@ -23,8 +23,8 @@ in serving/model/fer), then:
    in turn: REST ``serving_default`` with 1 and with 8 real faces, REST ``predict_images``
    with a JPEG face, gRPC Predict with 1 face (faces from ../shared/fer2013/test). Meanwhile
    a probe calls ``GET /v1/models/<model>`` and ``GET /v2/health/ready`` every 0.5 s.
-3. **Memory.** The server's RSS (VmRSS) after warm-up (after the corpus and a few valid
-   requests of each kind, just before the load), at the end, and the peak of a 1 s sampling.
+3. **Memory.** The server's RSS (VmRSS) after warm-up (after the corpus and a short run of
+   the load itself, just before the load), at the end, and the peak of a 1 s sampling.
 
 Acceptance (the verdict, exit status 0 on PASS, 1 otherwise): 0 server deaths; 0 REST 5xx
 other than 503; 0 gRPC UNKNOWN / INTERNAL; 0 hangs (client timeouts) and 0 requests over
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import itertools
 import json
 import math
@@ -256,7 +257,10 @@ class Clients:
 
     def get(self) -> SimpleNamespace:
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import (
+            model_service_pb2_grpc,
+            prediction_service_pb2_grpc,
+        )
 
         mine = getattr(self._local, "clients", None)
         if mine is None or mine.generation != self.server.generation:
@@ -473,6 +477,16 @@ def _handle_death(server: Server, phase: str, in_flight: str, budget: RestartBud
     return True
 
 
+def _replay(clients: Clients, dead: threading.Event, case: Case) -> Outcome | None:
+    """Send ``case`` unless the server died in this chunk already (set ``dead`` if it did)."""
+    if dead.is_set():
+        return None
+    outcome = send(clients, case)
+    if outcome.died:
+        dead.set()
+    return outcome
+
+
 def run_corpus(server: Server, clients: Clients, cases: Iterable[Case], workers: int,
                deadline: float, budget: RestartBudget, verbose: bool) -> CorpusResult:
     """Replay ``cases`` (grouped by category) from ``workers`` threads; check the server
@@ -489,17 +503,8 @@ def run_corpus(server: Server, clients: Clients, cases: Iterable[Case], workers:
                     result.skipped[category] += len(chunk)
                     continue
                 dead = threading.Event()
-
-                def one(case: Case) -> Outcome | None:
-                    if dead.is_set():
-                        return None
-                    outcome = send(clients, case)
-                    if outcome.died:
-                        dead.set()
-                    return outcome
-
                 t0 = time.monotonic()
-                outcomes = list(pool.map(one, chunk))
+                outcomes = list(pool.map(functools.partial(_replay, clients, dead), chunk))
                 done = [o for o in outcomes if o is not None]
                 result.outcomes += done
                 result.skipped[category] += len(outcomes) - len(done)
@@ -614,7 +619,8 @@ def load_kinds(model: str, faces: list[Any], jpegs: list[bytes]) -> list[LoadKin
 
 @dataclass
 class LoadResult:
-    records: list[tuple[str, str, float, bool]] = field(default_factory=list)  # kind, status, s, server gone
+    # (kind, status, seconds, whether the server was gone meanwhile), one per request
+    records: list[tuple[str, str, float, bool]] = field(default_factory=list)
     probes: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: defaultdict(list))
     seconds: float = 0.0
     deaths: list[Death] = field(default_factory=list)
@@ -648,13 +654,29 @@ def probe_loop(server: Server, model: str, stop: threading.Event,
 
 def run_load(server: Server, clients: Clients, kinds: list[LoadKind], seconds: float,
              n_clients: int, budget: RestartBudget, verbose: bool) -> LoadResult:
-    """Warm up (each kind 3 times), read the RSS, then ``seconds`` of ``n_clients`` threads
-    sending the kinds in turn, with the probe running; restart the server if it dies."""
+    """Warm up (the load itself, discarded: 5% of ``seconds``, 3 to 30 s), read the RSS,
+    then ``seconds`` of ``n_clients`` threads sending the kinds in turn, with the probe
+    running; restart the server if it dies."""
     result = LoadResult()
-    for kind, i in itertools.product(kinds, range(3)):
-        kind.send(clients, i)
+    warm: list[tuple[str, str, float, bool]] = []
+    _drive(server, kinds, clients, n_clients, min(30.0, max(3.0, 0.05 * seconds)), warm,
+           None, result, budget, verbose)
     time.sleep(1.0)
     result.rss_warm = server.rss()
+    result.restarted = False  # growth is measured from here
+    result.seconds = _drive(server, kinds, clients, n_clients, seconds, result.records,
+                            result.probes, result, budget, verbose)
+    result.rss_end = server.rss()
+    return result
+
+
+def _drive(server: Server, kinds: list[LoadKind], clients: Clients, n_clients: int,
+           seconds: float, records: list[tuple[str, str, float, bool]],
+           probes: dict[str, list[tuple[str, float]]] | None, result: LoadResult,
+           budget: RestartBudget, verbose: bool) -> float:
+    """``seconds`` of ``n_clients`` threads sending ``kinds`` in turn into ``records`` (and
+    the probe into ``probes``, if given); the server restarted if it dies. Returns the time
+    it took."""
     stop = threading.Event()
 
     def client(k: int) -> None:
@@ -665,15 +687,16 @@ def run_load(server: Server, clients: Clients, kinds: list[LoadKind], seconds: f
             t0 = time.perf_counter()
             status = kind.send(clients, i)
             gone = generation != server.generation or not server.alive()
-            result.records.append((kind.name, status, time.perf_counter() - t0, gone))
+            records.append((kind.name, status, time.perf_counter() - t0, gone))
             if gone:
                 time.sleep(0.2)  # the main thread restarts it
             i += 1
 
     threads = [threading.Thread(target=client, args=(k,), daemon=True, name=f"load{k}")
                for k in range(n_clients)]
-    threads.append(threading.Thread(target=probe_loop, daemon=True, name="probe",
-                                    args=(server, server.model, stop, result.probes)))
+    if probes is not None:
+        threads.append(threading.Thread(target=probe_loop, daemon=True, name="probe",
+                                        args=(server, server.model, stop, probes)))
     start = time.monotonic()
     try:
         for t in threads:
@@ -688,9 +711,7 @@ def run_load(server: Server, clients: Clients, kinds: list[LoadKind], seconds: f
         stop.set()
         for t in threads:
             t.join(timeout=35)
-    result.seconds = time.monotonic() - start
-    result.rss_end = server.rss()
-    return result
+    return time.monotonic() - start
 
 
 class RssSampler(threading.Thread):
@@ -722,7 +743,7 @@ def _mb(n: int | None) -> str:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f} ms" if seconds == seconds else "n/a"
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:,.1f} ms"
 
 
 @dataclass
@@ -938,7 +959,8 @@ def main(argv: list[str] | None = None) -> int:
             load = run_load(server, clients, kinds, max(seconds, 1.0), args.clients, budget,
                             args.verbose)
         sampler.stop.set()
-        passed = report(args, server, n_rest, n_grpc, corpus, load, sampler.peak)
+        peak = max(sampler.peak, (load.rss_end or 0) if load else 0)
+        passed = report(args, server, n_rest, n_grpc, corpus, load, peak)
         if passed:
             shutil.rmtree(log_dir, ignore_errors=True)
     except KeyboardInterrupt:

@@ -139,7 +139,7 @@ def allocate(categories: Sequence[Category], n: int) -> list[int]:
 
 def _corpus(categories: Sequence[Category], api: str, n: int, seed: int,
             model: str) -> Iterator[Case]:
-    for category, count in zip(categories, allocate(categories, n)):
+    for category, count in zip(categories, allocate(categories, n), strict=True):
         rng = random.Random(f"{seed}/{category.name}")
         for _ in range(count):
             yield dataclasses.replace(category.make(rng, model), api=api,
@@ -756,7 +756,8 @@ def _grpc_predict(note: str, request: Any, **kw: Any) -> Case:
     return Case(note=note, method="Predict", message=request, **kw)
 
 
-def _odd_dtype_request(rng: random.Random, model: str, dtype: int, **values: Any) -> tuple[str, Any]:
+def _odd_dtype_request(rng: random.Random, model: str, dtype: int,
+                       **values: Any) -> tuple[str, Any]:
     dims = rng.choice([[1, SIDE, SIDE, 1], [1], []])
     name, signature = rng.choice([("pixels", ""), ("image_bytes", SIGNATURE_IMAGES)])
     return (f"dims {dims} to {signature or 'serving_default'}",
@@ -884,8 +885,10 @@ def _dims_negative(rng: random.Random, model: str) -> Case:
 @_grpc()
 def _tensor_content_length(rng: random.Random, model: str) -> Case:
     """``tensor_content`` whose length does not match dims x dtype size."""
-    n = rng.choice([0, 3, 100, 4 * PIXELS - 1, 4 * PIXELS + 1, 8 * PIXELS, 4 * PIXELS - 4])
     dims = rng.choice([[1, SIDE, SIDE, 1], [2, SIDE, SIDE, 1]])
+    right = 4 * PIXELS * dims[0]
+    n = rng.choice([0, 3, 100, right - 1, right + 1, right - 4, right + 4 * PIXELS,
+                    right // 2])
     request = predict_request(model, {"pixels": tensor(_protos().types.DT_FLOAT, dims,
                                                        tensor_content=bytes(n))})
     return _grpc_predict(f"{n} bytes for dims {dims}", request)
