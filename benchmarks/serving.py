@@ -39,7 +39,7 @@ from serving.contract import (
     PROBABILITIES,
     SIGNATURE_PIXELS,
 )
-from serving.model_store import local_versions
+from serving.storage import local_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 FER_TEST = ROOT.parent / "shared" / "fer2013" / "test"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from components.dataset import TRAIN, DataError, FaceDataset, read_json, write_json
 from serving.contract import CLASS_NAMES, NUM_CLASSES
@@ -30,6 +29,8 @@ def class_weights(dataset_dir: str | Path, output_path: str | Path,
         if missing:
             names = ", ".join(CLASS_NAMES[i] for i in missing)
             raise DataError(f"cannot weight classes: no training example for {names}")
+        from sklearn.utils.class_weight import compute_class_weight
+
         weights = compute_class_weight("balanced", classes=np.arange(NUM_CLASSES), y=labels)
     result = {i: round(float(w), 6) for i, w in enumerate(weights)}
     write_json(output_path, {str(k): v for k, v in result.items()})

@@ -53,7 +53,7 @@ def resolve_teacher(teacher: str, serving_base: str, model_name: str) -> Path | 
     teacher): ``"champion"`` is the highest version under ``serving_base/model_name``,
     ``"bundled"`` the package's released model, anything else a version directory."""
     from serving.contract import BUNDLED_MODEL_BASE
-    from serving.model_store import local_versions
+    from serving.storage import local_versions
 
     if teacher == NO_TEACHER:
         return None

@@ -21,8 +21,7 @@ from kfp.dsl import (
     Output,
 )
 
-# The image every component runs on in a cluster (Dockerfile.train); set in one place.
-TRAIN_IMAGE = "ghcr.io/fer-pipeline/fer-train:0.1.0"
+from pipeline.cluster import TRAIN_IMAGE  # the image every task runs on
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)

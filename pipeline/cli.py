@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _train_resources(args: argparse.Namespace):
-    from pipeline.pipeline import TrainResources
+    from pipeline.cluster import TrainResources
 
     return TrainResources(args.accelerator_type, args.gpus, args.train_cpu, args.train_memory)
 
@@ -268,8 +268,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
 
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    from components.kfp_components import TRAIN_IMAGE
-    from pipeline.pipeline import TrainResources, parse_volume
+    from pipeline.cluster import TRAIN_IMAGE, TrainResources, parse_volume
 
     res = TrainResources()
     p.add_argument("--image", default=TRAIN_IMAGE,
@@ -368,27 +367,33 @@ def build_parser() -> argparse.ArgumentParser:
     subm.set_defaults(func=_cmd_submit)
 
     pred = sub.add_parser("predict", help="emotions of the faces in photos",
-                          description="Detect faces (OpenCV Haar cascade), send them in one "
-                          "batched request to TF Serving or fer-serve (--url, --grpc), or run "
+                          description="Detect faces (OpenCV Haar cascade), send them in "
+                          "batched requests to TF Serving or fer-serve (--url, --grpc), or run "
                           "them through a SavedModel in-process (by default the bundled "
                           "released model), and print each face's box, top emotion and all "
-                          "seven probabilities.")
-    pred.add_argument("images", nargs="+", metavar="IMAGE")
+                          "seven probabilities. An image that is already a face crop (at most "
+                          "128 px, about square, like FER2013's 48x48 faces) is classified "
+                          "whole, and the output says so.")
+    pred.add_argument("images", nargs="+", metavar="IMAGE",
+                      help="image files, folders (searched recursively for images) or globs "
+                           "(quote them: 'photos/*.jpg')")
     where = pred.add_mutually_exclusive_group()
     where.add_argument("--url", help="a TF Serving REST endpoint, e.g. http://127.0.0.1:8501")
     where.add_argument("--grpc", metavar="HOST:PORT", help="a TF Serving gRPC endpoint")
     where.add_argument("--model-dir", default=str(BUNDLED_MODEL_BASE),
                        help="with no server: run this SavedModel (a version directory or a "
                             "model base) in-process (default: the bundled released model)")
-    pred.add_argument("--model-name", default="fer")
+    pred.add_argument("--model-name", default="fer",
+                      help="the served model's name (default: %(default)s)")
     pred.add_argument("--no-detect", action="store_true",
-                      help="each image is already a face crop")
+                      help="treat every image as a face crop: no face detection")
     pred.add_argument("--tta", action="store_true",
                       help="use the model's test-time augmentation signature (serving_tta): "
                            "averaged views, more accurate, one network pass per view")
-    pred.add_argument("--json", action="store_true")
+    pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
-    pred.add_argument("--timeout", type=float, default=30.0)
+    pred.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for a server's answer (default: %(default)s)")
     pred.set_defaults(func=_cmd_predict)
 
     from components.train.recipe import TTA_MODES

@@ -41,6 +41,7 @@ from components.kfp_components import (
     train_op,
 )
 from components.train.recipe import TrainConfig
+from pipeline.cluster import TRAIN_IMAGE, TrainResources, parse_volume  # noqa: F401 (re-exported)
 
 PIPELINE_NAME = "fer-pipeline"
 # I/O steps (reading the source, publishing to the serving base) are retried with backoff:
@@ -49,38 +50,6 @@ IO_RETRIES = 3
 IO_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
 # The recipe a run gets when it names none: TrainConfig's defaults.
 DEFAULT_RECIPE = TrainConfig().recipe()
-
-
-@dataclass(frozen=True)
-class TrainResources:
-    """What each train task asks the cluster for. ``accelerator_count=0``: no accelerator."""
-
-    accelerator_type: str = "nvidia.com/gpu"
-    accelerator_count: int = 1
-    cpu_request: str = "4"
-    memory_request: str = "16G"
-
-    def __post_init__(self) -> None:
-        if self.accelerator_count < 0:
-            raise ValueError(f"accelerator_count must be >= 0, got {self.accelerator_count}")
-        if self.accelerator_count and not self.accelerator_type:
-            raise ValueError("an accelerator count needs an accelerator type")
-
-    def apply(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """Set these CPU, memory and accelerator requests on the train ``task``; return ``task``."""
-        task.set_cpu_request(self.cpu_request).set_memory_request(self.memory_request)
-        if self.accelerator_count:
-            task.set_accelerator_type(self.accelerator_type)
-            task.set_accelerator_limit(self.accelerator_count)
-        return task
-
-
-def parse_volume(spec: str) -> tuple[str, str]:
-    """``"claim:/mount/path"`` -> ``("claim", "/mount/path")``."""
-    claim, sep, path = spec.partition(":")
-    if not sep or not claim or not path.startswith("/"):
-        raise ValueError(f"a volume is CLAIM:/ABSOLUTE/PATH, got {spec!r}")
-    return claim, path
 
 
 def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainResources(),

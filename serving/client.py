@@ -8,7 +8,9 @@
     local = LocalClient("serving/model/fer/1")   # in-process, no server
 
 All return ``{"probabilities": float32 [N,7], "class_id": int64 [N], "class_name": [N] str}``;
-the remote ones raise :class:`ClientError` with the server's message on failure.
+the remote ones raise :class:`ClientError` with the server's message on failure. Only
+the gRPC and in-process clients load TensorFlow (the gRPC stubs' protos live in it): a REST
+client needs requests and numpy.
 """
 
 from __future__ import annotations
@@ -17,15 +19,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import requests
-import tensorflow as tf
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from serving.contract import (
     CLASS_ID,
@@ -38,7 +33,6 @@ from serving.contract import (
     signature_name,
 )
 from serving.limits import Limits, ServingError
-from serving.model_store import load_version
 
 
 class ClientError(Exception):
@@ -129,6 +123,9 @@ class GrpcClient:
 
     def __init__(self, target: str, model_name: str = "fer", version: int | None = None,
                  label: str | None = None, timeout: float = 30.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
@@ -144,10 +141,14 @@ class GrpcClient:
         elif self.label:
             spec.version_label = self.label
 
-    def _predict(self, signature: str, input_name: str, tensor) -> dict[str, np.ndarray]:
+    def _predict(self, signature: str, input_name: str, value: Any) -> dict[str, np.ndarray]:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature)
-        request.inputs[input_name].CopyFrom(tensor)
+        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(value))
         try:
             response = self.stub.Predict(request, timeout=self.timeout)
         except grpc.RpcError as exc:
@@ -158,17 +159,18 @@ class GrpcClient:
     def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
         signature, or ``serving_tta`` with ``tta``."""
-        return self._predict(signature_name(False, tta), PIXELS_INPUT,
-                             tf.make_tensor_proto(as_pixels(faces)))
+        return self._predict(signature_name(False, tta), PIXELS_INPUT, as_pixels(faces))
 
     def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for encoded images of any size through the ``predict_images``
         signature, or ``predict_images_tta`` with ``tta``."""
-        return self._predict(signature_name(True, tta), IMAGES_INPUT,
-                             tf.make_tensor_proto(images))
+        return self._predict(signature_name(True, tta), IMAGES_INPUT, images)
 
-    def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def metadata(self) -> Any:
         """The model's ``GetModelMetadata`` response, with its signature definitions."""
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec)
         try:
@@ -190,6 +192,8 @@ class LocalClient:
         if not (path / "saved_model.pb").is_file():
             raise ClientError(f"{path} is not a SavedModel version directory "
                               "(no saved_model.pb)")
+        from serving.model_store import load_version
+
         self.version_dir = path
         self.model = load_version(str(path), int(path.name) if path.name.isdigit() else 0)
 

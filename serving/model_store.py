@@ -45,7 +45,7 @@ from serving.limits import (
     check_numbers,
     short,
 )
-from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
+from serving.storage import gcs_client, is_gcs_uri, local_versions, split_gcs_uri
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = Limits()
@@ -175,15 +175,6 @@ def _to_tensor(name: str, value: Any, spec: tf.TensorSpec, limits: Limits) -> tf
         raise ServingError(400, f"input {name!r} has shape {tensor.shape.as_list()}, "
                            f"expected {spec.shape.as_list()} (None: any size)")
     return tensor
-
-
-def local_versions(base: str | Path) -> list[int]:
-    """The SavedModel versions under a local model base, ascending (none if it is missing)."""
-    base = Path(base)
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir()
-                  if p.name.isdigit() and int(p.name) > 0 and (p / "saved_model.pb").is_file())
 
 
 class _Local:

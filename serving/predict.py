@@ -1,14 +1,19 @@
 """``fer-pipeline predict``: emotions of the faces in ordinary photos.
 
-Faces are found with OpenCV's bundled Haar cascade, cropped, made 48x48 gray, and sent in
-one batched request to a served model (REST or gRPC), or, when no server is named, run in
-this process through a SavedModel: ``--model-dir``, by default the released model bundled
-with the package. ``--no-detect`` treats each image as a face crop.
+Inputs are image files, folders (searched recursively for image files) and globs. Faces are
+found with OpenCV's bundled Haar cascade, cropped, made 48x48 gray, and sent in batched
+requests to a served model (REST or gRPC), or, when no server is named, run in this process
+through a SavedModel: ``--model-dir``, by default the released model bundled with the
+package. An image that is already a face crop (small and about square, like FER2013's 48x48
+faces) is classified whole, and the result says so; ``--no-detect`` treats every image so.
+Only the in-process and gRPC paths load TensorFlow.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +23,17 @@ import numpy as np
 
 from serving.client import ClientError, GrpcClient, LocalClient, RestClient
 from serving.contract import BUNDLED_MODEL_BASE, CLASS_NAMES, IMAGE_SIZE, PROBABILITIES
-from serving.model_store import local_versions
+from serving.limits import Limits
+from serving.storage import local_versions
 
 CASCADE = "haarcascade_frontalface_default.xml"
+#: The file types a folder or glob contributes (what OpenCV reads).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                            ".pgm", ".ppm"})
+#: An image no larger than this on its longer side, and about square, is a face crop: too
+#: small for the detector (whose smallest face is 30 px) and framed like FER2013's faces.
+FACE_CROP_MAX_SIDE = 128
+WHOLE_IMAGE_NOTE = "classified as a face crop (the whole image)"
 
 
 @dataclass
@@ -32,6 +45,7 @@ class ImageResult:
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # x, y, w, h
     probabilities: list[list[float]] = field(default_factory=list)
     error: str = ""
+    note: str = ""  # how the faces were found, when it is not by detection
 
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data: the image, per face its box, top emotion, confidence
@@ -42,7 +56,38 @@ class ImageResult:
             faces.append({"box": {"x": box[0], "y": box[1], "w": box[2], "h": box[3]},
                           "emotion": CLASS_NAMES[top], "confidence": round(probs[top], 4),
                           PROBABILITIES: {n: round(p, 4) for n, p in zip(CLASS_NAMES, probs)}})
-        return {"image": self.path, "faces": faces, "error": self.error or None}
+        return {"image": self.path, "faces": faces, "note": self.note or None,
+                "error": self.error or None}
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """``(path, error)`` for every image the inputs name, in order: a file as given, a folder's
+    image files recursively (sorted), a glob's matches; an input that names nothing gives
+    one entry with its error."""
+    expanded: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            expanded += [(str(p), "") for p in files]
+            if not files:
+                expanded.append((item, "no image files in this folder"))
+        elif path.exists() or not glob.has_magic(item):
+            expanded.append((item, ""))
+        else:
+            matches = sorted(m for m in glob.glob(item, recursive=True)
+                             if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            expanded += [(m, "") for m in matches]
+            if not matches:
+                expanded.append((item, "no image file matches this pattern"))
+    return expanded
+
+
+def is_face_crop(image: np.ndarray) -> bool:
+    """Whether an image is framed like a face crop: small, and about square."""
+    h, w = image.shape[:2]
+    return max(h, w) <= FACE_CROP_MAX_SIDE and 0.75 <= w / h <= 1.33
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -77,29 +122,35 @@ def crop_face(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.nd
 
 
 def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClient,
-                  detect: bool = True, tta: bool = False) -> list[ImageResult]:
-    """One batched request for every face of every readable image in ``paths`` (through the
-    TTA signature with ``tta``); returns one result per path."""
+                  detect: bool = True, tta: bool = False,
+                  batch: int = Limits().max_batch_size) -> list[ImageResult]:
+    """Every face of every image the inputs name (files, folders, globs), in requests of at
+    most ``batch`` faces (through the TTA signature with ``tta``); one result per image."""
     results, faces, owners = [], [], []
-    for path in paths:
-        result = ImageResult(str(path))
+    for path, error in expand_inputs([str(p) for p in paths]):
+        result = ImageResult(path, error=error)
         results.append(result)
+        if error:
+            continue
         try:
             image = read_image(path)
         except ValueError as exc:
             result.error = str(exc)
             continue
         h, w = image.shape[:2]
-        boxes = detect_faces(image) if detect else [(0, 0, w, h)]
+        crop = not detect or is_face_crop(image)
+        boxes = [(0, 0, w, h)] if crop else detect_faces(image)
+        if crop and detect:
+            result.note = WHOLE_IMAGE_NOTE
         if not boxes:
             result.error = "no face found (use --no-detect if the image is already a face crop)"
         for box in boxes:
             result.boxes.append(box)
-            faces.append(crop_face(image, box if detect else None))
+            faces.append(crop_face(image, None if crop else box))
             owners.append(result)
-    if faces:
-        probs = client.predict_pixels(np.stack(faces), tta=tta)[PROBABILITIES]
-        for owner, p in zip(owners, probs):
+    for start in range(0, len(faces), batch):
+        probs = client.predict_pixels(np.stack(faces[start:start + batch]), tta=tta)
+        for owner, p in zip(owners[start:start + batch], probs[PROBABILITIES]):
             owner.probabilities.append([float(v) for v in p])
     return results
 
@@ -131,12 +182,25 @@ def format_results(results: list[ImageResult]) -> str:
         if r.error and not r.boxes:
             lines.append(f"{r.path}: {r.error}")
             continue
-        lines.append(f"{r.path}: {len(r.boxes)} face{'s' if len(r.boxes) != 1 else ''}")
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"{r.path}: {len(r.boxes)} face{'s' if len(r.boxes) != 1 else ''}{note}")
         lines.append(f"  {'box (x,y,w,h)':<22}{'emotion':<10}" + header)
         for box, probs in zip(r.boxes, r.probabilities):
             top = CLASS_NAMES[int(np.argmax(probs))]
             lines.append(f"  {box!s:<22}{top:<10}  " + " ".join(f"{p:>8.3f}" for p in probs))
+    if len(results) > 1:
+        lines.append(summary_line(results))
     return "\n".join(lines)
+
+
+def summary_line(results: list[ImageResult]) -> str:
+    """One line over all images: how many, how many faces, the emotions found, the failures."""
+    tops = Counter(CLASS_NAMES[int(np.argmax(p))] for r in results for p in r.probabilities)
+    faces = sum(tops.values())
+    failed = sum(1 for r in results if r.error)
+    found = ", ".join(f"{name} {tops[name]}" for name in CLASS_NAMES if tops[name])
+    return (f"{len(results)} images, {faces} face{'s' if faces != 1 else ''}"
+            f"{': ' + found if found else ''}{f'; {failed} failed' if failed else ''}")
 
 
 def local_client(model_dir: str | Path = BUNDLED_MODEL_BASE) -> LocalClient:

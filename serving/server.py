@@ -31,7 +31,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from serving.contract import BUNDLED_MODEL_BASE
 from serving.grpc_service import create_grpc_server
 from serving.limits import InferenceGate, Limits
-from serving.model_store import ModelStore, VersionPolicy, local_versions
+from serving.model_store import ModelStore, VersionPolicy
+from serving.storage import local_versions
 from serving.rest import create_app
 from serving.telemetry import Telemetry
 

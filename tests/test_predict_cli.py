@@ -104,3 +104,87 @@ def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
     face = str(real_faces("test", "happy", 1)[0])
     assert main(["predict", face, "--no-detect", "--url", "http://127.0.0.1:9", "--timeout", "2"]) == 1
     assert "error: cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+README_FACE = "PublicTest_10130075.jpg"  # the README's example: a 48x48 FER2013 face crop
+
+
+def test_the_readmes_face_crop_is_happy_with_the_shipped_model(capsys):
+    from tests.helpers import fer_root
+
+    face = fer_root() / "test" / "happy" / README_FACE
+    assert main(["predict", str(face)]) == 0  # once: "no face found (use --no-detect ...)"
+    out = capsys.readouterr().out
+    assert f"{face}: 1 face (classified as a face crop (the whole image))" in out
+    (row,) = [line for line in out.splitlines() if line.strip().startswith("(0, 0, 48, 48)")]
+    assert row.split()[4] == "happy"
+
+
+def test_a_folder_is_classified_whole_with_a_summary(capsys):
+    from tests.helpers import fer_root
+
+    folder = fer_root() / "test" / "disgust"
+    n = len(list(folder.glob("*.jpg")))
+    assert main(["predict", str(folder), "--json"]) == 0  # once: "no such file"
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == n and all(len(r["faces"]) == 1 and r["error"] is None
+                                     for r in results)
+    disgust = sum(r["faces"][0]["emotion"] == "disgust" for r in results)
+    assert disgust / n > 0.4  # the shipped model's disgust recall on test is about 0.6
+    assert main(["predict", str(folder)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"{n} images, {n} faces: ") and f"disgust {disgust}" in last
+
+
+def test_folders_recurse_globs_expand_and_non_images_are_skipped(server, tmp_path, capsys):
+    faces = real_faces("test", "sad", 3)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for k, face in enumerate(faces):
+        (tmp_path / ("a" if k < 2 else "a/b") / f"f{k}.jpg").write_bytes(face.read_bytes())
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    url = f"http://127.0.0.1:{server.rest_port}"
+    assert main(["predict", str(tmp_path / "a"), "--url", url, "--json"]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [
+        str(tmp_path / "a" / "b" / "f2.jpg"), str(tmp_path / "a" / "f0.jpg"),
+        str(tmp_path / "a" / "f1.jpg")]
+    assert main(["predict", str(tmp_path / "a" / "*.jpg"), "--url", url, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["predict", str(tmp_path / "nothing*.png"), str(tmp_path / "a" / "b"),
+                 "--url", url]) == 1
+    out = capsys.readouterr().out
+    assert "nothing*.png: no image file matches this pattern" in out
+    assert "f2.jpg: 1 face (classified as a face crop" in out
+
+
+def test_more_faces_than_the_servers_batch_limit_go_in_several_requests(exported_model,
+                                                                        tmp_path, serve,
+                                                                        capsys):
+    deploy(exported_model, str(tmp_path / "serving"), "fer")
+    small = serve(tmp_path / "serving" / "fer", max_batch_size=4)
+    files = [str(f) for f in real_faces("test", "fear", 10)]
+    from serving.client import RestClient
+    from serving.predict import predict_paths
+
+    results = predict_paths(files, RestClient(f"http://127.0.0.1:{small.rest_port}"), batch=4)
+    assert [len(r.probabilities) for r in results] == [1] * 10
+
+
+def test_help_and_a_rest_predict_never_import_tensorflow(server):
+    import subprocess
+    import sys
+
+    face = str(real_faces("test", "happy", 1)[0])
+    script = f"""
+import contextlib, io, sys
+from pipeline.cli import main
+for argv in ([], ["run"], ["compile"], ["submit"], ["predict"], ["deploy"], ["release"], ["data"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*argv, "--help"])
+code = main(["predict", {face!r}, "--url", "http://127.0.0.1:{server.rest_port}"])
+heavy = sorted(m for m in ("tensorflow", "keras", "kfp", "sklearn", "pandas") if m in sys.modules)
+print("code", code, "heavy", heavy)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "code 0 heavy []", proc.stdout

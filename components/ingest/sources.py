@@ -12,8 +12,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
-from google.api_core.exceptions import GoogleAPIError
-
 from components.dataset import DataError
 from serving.storage import gcs_client, is_gcs_uri, split_gcs_uri
 
@@ -127,6 +125,8 @@ class GCSPrefix(Source):
 
     def read(self, entry: str) -> bytes:
         """Download the object ``entry`` below the prefix; a GCS failure raises ``OSError``."""
+        from google.api_core.exceptions import GoogleAPIError
+
         try:
             return self.bucket.blob(self.prefix + entry).download_as_bytes()
         except GoogleAPIError as exc:
@@ -152,6 +152,8 @@ def _open_gcs(uri: str) -> Source:
         bucket_name, prefix = split_gcs_uri(uri)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
+    from google.api_core.exceptions import GoogleAPIError
+
     client = gcs_client()
     try:
         if prefix and not prefix.endswith("/"):
