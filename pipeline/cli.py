@@ -7,7 +7,7 @@ Subcommands:
   run      run the whole pipeline locally (kfp.local): train, gate, export, deploy
   compile  write the pipeline's KFP IR YAML (for a Kubeflow Pipelines cluster)
   submit   start a run of the pipeline on a Kubeflow Pipelines cluster
-  predict  emotions of the faces in photos, from a served model (REST or gRPC)
+  predict  emotions of the faces in photos: in-process, or from a server (REST or gRPC)
   deploy   evaluate, gate, export and deploy models that runs trained (several: an ensemble)
   release  make a deployed version the package's bundled model
 """
@@ -105,10 +105,11 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from serving.logs import verbose_requested
     from pipeline.local_run import format_run_summary, run_local
 
     params = _pipeline_parameters(args)
-    summary = run_local(params, args.pipeline_root)
+    summary = run_local(params, args.pipeline_root, verbose=verbose_requested(args.verbose))
     print(format_run_summary(summary))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -237,11 +238,15 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--profile", choices=list(PROFILES), default="smoke",
                    help="parameter set (default: %(default)s); the flags below override it")
     p.add_argument("--source", default=source_default,
-                   help="FER2013 source: directory, .zip, .csv or gs://bucket/prefix")
+                   help="FER2013 source: directory, .zip, .csv or gs://bucket/prefix"
+                   + (" (default: %(default)s)" if source_default else
+                      " (no default: the run's parameter, given when it is started)"))
     p.add_argument("--serving-base", default="runs/serving",
                    help="TF Serving model base: local directory or gs:// (default: %(default)s)")
-    p.add_argument("--model-name", default="fer")
-    p.add_argument("--architectures", help="comma-separated, e.g. baseline_cnn,vgg19")
+    p.add_argument("--model-name", default="fer",
+                   help="the served model's name (default: %(default)s)")
+    p.add_argument("--architectures", help="comma-separated, e.g. baseline_cnn,vgg19 "
+                   "(default: the profile's)")
     p.add_argument("--model-options", type=model_options, metavar="JSON",
                    help='builder arguments per architecture, e.g. '
                         '\'{"configurable_cnn": {"filters": [64, 128, 256]}}\'')
@@ -251,8 +256,11 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--max-latency-ms", type=float, metavar="MS",
                    help="latency budget: block a candidate whose single-face p50, measured "
                         "in-process as exported, is over it (0: no budget)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-train-per-class", type=int, metavar="N")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seeds the splits, sampling and training (default: %(default)s)")
+    p.add_argument("--max-train-per-class", type=int, metavar="N",
+                   help="train on a seeded sample of at most N faces per class (0: all; "
+                        "default: the profile's)")
     p.add_argument("--checkpoint-root", default=None,
                    help="keep per-epoch checkpoints here so a killed run resumes")
     p.add_argument("--teacher", help="distil every variant from this served model: "
@@ -300,11 +308,17 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fer-pipeline`` argument parser: one subcommand per job, each bound to its
     ``_cmd_*`` function."""
-    parser = argparse.ArgumentParser(prog="fer-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="fer-pipeline", description="Facial emotion recognition on FER2013: run the "
+        "pipeline here or on a Kubeflow cluster, and use the models it deploys.",
+        epilog="Quiet by default: --verbose (or FER_VERBOSE=1) shows every log line.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", action="store_true",
+                        help="show everything: each step's full log, TensorFlow's own lines "
+                             "(also FER_VERBOSE=1)")
 
-    data = sub.add_parser("data", help="ingest, split and class-weight a FER2013 source",
+    data = sub.add_parser("data", parents=[common], help="ingest, split and class-weight a FER2013 source",
                           description="Ingest a FER2013 source (directory, .zip, .csv or "
                           "gs://bucket/prefix), split it, compute class weights and print "
                           "the manifest summary.")
@@ -313,21 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--format", choices=FORMATS, default="auto",
                       help="source format (default: %(default)s: images if any, else CSV)")
     data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="val slice of train when the source has no val split")
+                      help="val slice of train when the source has no val split "
+                           "(default: %(default)s)")
     data.add_argument("--test-fraction", type=float, default=0.1,
-                      help="test share when the source has no split at all")
-    data.add_argument("--seed", type=int, default=42)
+                      help="test share when the source has no split at all "
+                           "(default: %(default)s)")
+    data.add_argument("--seed", type=int, default=42,
+                      help="seeds the splits and the sampling (default: %(default)s)")
     data.add_argument("--drop-duplicates", action="store_true",
                       help="drop train images that also appear in val or test")
     data.add_argument("--max-train-per-class", type=int, default=0, metavar="N",
                       help="keep a seeded sample of at most N train faces per class (0: all)")
-    data.add_argument("--class-weights", choices=WEIGHT_MODES, default="balanced")
+    data.add_argument("--class-weights", choices=WEIGHT_MODES, default="balanced",
+                      help="how to weight the classes (default: %(default)s)")
     data.add_argument("--no-report", action="store_true", help="skip the charts and HTML report")
     data.add_argument("--json", action="store_true", help="print the full result as JSON")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     data.set_defaults(func=_cmd_data)
 
-    run = sub.add_parser("run", help="run the whole pipeline locally with kfp.local",
+    run = sub.add_parser("run", parents=[common], help="run the whole pipeline locally with kfp.local",
                          description="Run the pipeline on this machine (kfp.local, no cluster "
                          "and no Docker) and print per-variant metrics, the winner, the gate "
                          "decision and the deployed version.")
@@ -337,16 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary-json", help="also write the run summary to this file")
     run.set_defaults(func=_cmd_run)
 
-    comp = sub.add_parser("compile", help="write the pipeline's KFP IR YAML",
+    comp = sub.add_parser("compile", parents=[common], help="write the pipeline's KFP IR YAML",
                           description="Compile the pipeline to KFP IR YAML; the profile and "
                           "flags become the parameters' defaults.")
     _add_pipeline_arguments(comp, source_default=None)
     _add_cluster_arguments(comp)
     comp.set_defaults(profile="full")
-    comp.add_argument("--output", "-o", default="fer_pipeline.yaml")
+    comp.add_argument("--output", "-o", default="fer_pipeline.yaml",
+                      help="the YAML file to write (default: %(default)s)")
     comp.set_defaults(func=_cmd_compile)
 
-    subm = sub.add_parser("submit", help="run the pipeline on a Kubeflow Pipelines cluster",
+    subm = sub.add_parser("submit", parents=[common], help="run the pipeline on a Kubeflow Pipelines cluster",
                           description="Compile the pipeline for the cluster's image and start "
                           "a run through kfp.Client; print the run's URL and, with --wait, its "
                           "final state and the gate decision. --source and --serving-base must "
@@ -366,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often --wait asks for the run's state (default: 10)")
     subm.set_defaults(func=_cmd_submit)
 
-    pred = sub.add_parser("predict", help="emotions of the faces in photos",
+    pred = sub.add_parser("predict", parents=[common], help="emotions of the faces in photos",
                           description="Detect faces (OpenCV Haar cascade), send them in "
                           "batched requests to TF Serving or fer-serve (--url, --grpc), or run "
                           "them through a SavedModel in-process (by default the bundled "
@@ -398,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from components.train.recipe import TTA_MODES
 
-    dep = sub.add_parser("deploy", help="evaluate, gate, export and deploy trained models",
+    dep = sub.add_parser("deploy", parents=[common], help="evaluate, gate, export and deploy trained models",
                          description="Run the pipeline's evaluate, gate, export and deploy "
                          "steps on models that earlier runs trained (their train-op/model "
                          "directories): one as it is, e.g. with another --tta, or several "
@@ -424,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "the model (the model card quotes it)")
     dep.set_defaults(func=_cmd_deploy)
 
-    rel = sub.add_parser("release", help="make a deployed version the bundled model",
+    rel = sub.add_parser("release", parents=[common], help="make a deployed version the bundled model",
                          description="Copy a deployed SavedModel version into the package "
                          "(serving/model/fer/1) and write its model card from the metrics "
                          "that travel with it.")
@@ -438,8 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command ``argv`` names (default: the process's arguments); returns its exit
     status (:data:`EXIT_CODES` for the failures a command reports)."""
+    from serving.logs import quiet_native_logs, verbose_requested
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    verbose = verbose_requested(args.verbose)
+    if argv is None and not verbose:  # the process is ours (the console script), not a test's
+        quiet_native_logs()
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except Exception as exc:

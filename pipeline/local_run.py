@@ -11,7 +11,10 @@ from typing import Any
 
 from kfp import local
 
+from pipeline.console import run_console
 from pipeline.pipeline import build_pipeline
+
+LOG_FILE = "run.log"  # the run's full output, under the pipeline root
 
 # kfp.local honours retry policies: locally a failed step should fail at once.
 LOCAL_PIPELINE = build_pipeline(io_retries=0)
@@ -21,11 +24,15 @@ class PipelineRunError(Exception):
     """A task of the local run failed; its own log, printed above, says why."""
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, Any]:
+def run_local(params: dict[str, Any], pipeline_root: str | Path,
+              verbose: bool = True) -> dict[str, Any]:
     """Run the whole pipeline through ``kfp.local.SubprocessRunner`` in this environment.
 
     Local paths in ``source``, ``serving_base`` and ``checkpoint_root`` are made absolute.
-    Returns the run summary: per-variant metrics, winner, gate decision, deployment.
+    The full output goes to ``<pipeline_root>/run.log``; the terminal gets all of it with
+    ``verbose``, else a line per step, the steps' own lines and a training progress bar
+    (:class:`~pipeline.console.RunConsole`). Returns the run summary: per-variant metrics,
+    winner, gate decision, deployment, and where the log is.
     """
     params = dict(params)
     for key in ("source", "serving_base", "checkpoint_root"):
@@ -37,18 +44,23 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path) -> dict[str, An
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    log = root / LOG_FILE
+    with warnings.catch_warnings(), run_console(log, verbose) as console:
         # The tasks run in this environment, where the project is installed, not in the image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # A cluster's resource requests (the train task's CPU, memory, GPU) mean nothing here.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         try:
             task = LOCAL_PIPELINE(**params)
         except RuntimeError as exc:  # kfp.local: "Inner task failed: <task>"
+            console.step_failed()
             plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # drop kfp.local's colours
-            raise PipelineRunError(f"{plain} Its log above says why.") from exc
+            raise PipelineRunError(f"{plain} Its log above says why (all of it: {log}).") from exc
     return {
         "parameters": params,
         "pipeline_root": str(root),
         "seconds": round(time.perf_counter() - start, 1),
+        "log": str(log),
         "selection": json.loads(task.outputs["leaderboard"]),
         "gate": json.loads(task.outputs["decision"]),
         "deployment": json.loads(task.outputs["deployment"]),
@@ -73,6 +85,8 @@ def format_run_summary(summary: dict[str, Any]) -> str:
                  f"champion {gate['champion_version'] or 'none'})")
     lines.append(f"gate:     {'PASSED' if gate['passed'] else 'BLOCKED'}: {gate['reason']}")
     dep = summary["deployment"]
+    if summary.get("log"):
+        lines.append(f"log:      {summary['log']}")
     if dep.get("created"):
         lines.append(f"deployed: version {dep['version']} at {dep['path']}")
     elif dep.get("version"):

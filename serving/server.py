@@ -1,16 +1,14 @@
-"""``fer-serve``: a local, pip-installable server with TensorFlow Serving's REST and gRPC
-contract, serving the model directories the pipeline deploys.
+"""fer-serve: TensorFlow Serving's REST and gRPC contract, pip-installable, serving the model
+directories the pipeline deploys. Flags are named like tensorflow_model_server's:
 
-Flags are named like ``tensorflow_model_server``'s::
-
-    fer-serve --model_name=fer --model_base_path=runs/serving/fer \\
-              --rest_api_port=8501 --port=8500 --file_system_poll_wait_seconds=1
-    fer-serve --model_config_file=serving/models.config
-    fer-serve        # no model named: the model bundled with the package (if one ships)
+  fer-serve                                  the model bundled with the package, as "fer"
+  fer-serve --model_name=fer --model_base_path=runs/serving/fer
+  fer-serve --model_config_file=serving/models.config
 
 Both APIs listen on 127.0.0.1 unless --rest_api_host names another address (0.0.0.0 for
-all, as the container image does). The limits (--max_batch_size and the rest) hold for
-both APIs; metrics are at /monitoring/prometheus/metrics, the KServe V2 routes under /v2.
+every interface). The limits hold for both APIs. Metrics: GET /monitoring/prometheus/metrics;
+KServe V2 (Open Inference Protocol) routes under /v2. Quiet by default: --verbose (or
+FER_VERBOSE=1) shows TensorFlow's own log lines.
 """
 
 from __future__ import annotations
@@ -23,24 +21,28 @@ import sys
 import threading
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import uvicorn
-from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.contract import BUNDLED_MODEL_BASE
-from serving.grpc_service import create_grpc_server
 from serving.limits import InferenceGate, Limits
-from serving.model_store import ModelStore, VersionPolicy
 from serving.storage import local_versions
-from serving.rest import create_app
-from serving.telemetry import Telemetry
+
+if TYPE_CHECKING:  # TensorFlow loads when a server is built, not for --help
+    from serving.model_store import ModelStore
 
 log = logging.getLogger("fer-serve")
 
 
 def stores_from_config(path: str | Path, poll_seconds: float) -> dict[str, ModelStore]:
     """Model stores from a TF Serving ``model_config_list`` text proto."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.model_store import ModelStore, VersionPolicy
+
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(Path(path).read_text(), config)
@@ -108,6 +110,10 @@ class LocalServer:
     def __init__(self, stores: dict[str, ModelStore], host: str = "127.0.0.1",
                  rest_port: int = 8501, grpc_port: int = 8500,
                  limits: Limits | None = None, request_log: str | None = None):
+        from serving.grpc_service import create_grpc_server
+        from serving.rest import create_app
+        from serving.telemetry import Telemetry
+
         self.stores = stores
         self.host = host
         self.limits = limits or Limits()
@@ -168,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fer-serve`` argument parser, with flags named like ``tensorflow_model_server``'s."""
     p = argparse.ArgumentParser(prog="fer-serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_name", default="fer")
+    p.add_argument("--model_name", default="fer",
+                   help="the name clients ask for (default: %(default)s)")
     p.add_argument("--model_base_path", help="directory of numbered versions, local or gs:// "
                    "(default, without --model_config_file: the bundled released model)")
     p.add_argument("--model_config_file", help="TF Serving model_config_list text proto")
@@ -179,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="how often to look for new versions (default: %(default)s)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show TensorFlow's own log lines too (also FER_VERBOSE=1)")
     p.add_argument("--request_log_file", help="append one JSON line per predict request "
                    "(time, model, version, signature, status, latency, batch size; no pixels)")
     limits = p.add_argument_group("limits (both APIs)")
@@ -191,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 def model_stores(args: argparse.Namespace, bundled: Path = BUNDLED_MODEL_BASE,
                  ) -> dict[str, ModelStore]:
     """The models the flags name; with none, the model bundled with the package, if any."""
+    from serving.model_store import ModelStore
+
     if args.model_config_file:
         return stores_from_config(args.model_config_file, args.file_system_poll_wait_seconds)
     base = args.model_base_path
@@ -207,7 +218,11 @@ def model_stores(args: argparse.Namespace, bundled: Path = BUNDLED_MODEL_BASE,
 def main(argv: list[str] | None = None) -> int:
     """``fer-serve``: serve the models the flags name until SIGINT or SIGTERM; return the exit
     code (2 when the models cannot be set up or the servers not started)."""
+    from serving.logs import quiet_native_logs, verbose_requested
+
     args = build_parser().parse_args(argv)
+    if argv is None and not verbose_requested(args.verbose):  # our own process, not a test's
+        quiet_native_logs()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         stores = model_stores(args)

@@ -224,13 +224,24 @@ def check_served_model(version_dir):
     np.testing.assert_allclose(by_pixels, by_bytes, atol=1e-4)
 
 
-def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_fer, tmp_path):
+def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_fer, tmp_path,
+                                                                        capsys):
     params = profile_parameters("smoke", source=str(small_fer),
                                 serving_base=str(tmp_path / "serving"), model_name="fer",
                                 max_train_per_class=0, f1_threshold=0.0, seed=11,
                                 model_options={"baseline_cnn": {"dense_units": 64}},
                                 recipe={"logit_adjustment": True})
-    first = run_local(params, tmp_path / "kfp")
+    first = run_local(params, tmp_path / "kfp", verbose=False)
+    quiet = capsys.readouterr().out.splitlines()
+    # what a person reads: a line per step, the steps' own lines, an epoch line; no executor
+    # dumps, no colours, no "Skipping conditional task"; the full log is in run.log
+    assert len(quiet) < 40, "\n".join(quiet)
+    assert any(line.split()[:2] == ["train", "done"] for line in quiet)
+    assert any("[train] baseline_cnn epoch 1/1: loss" in line for line in quiet)
+    assert not any("\x1b[" in line or "Skipping" in line or "executorInput" in line
+                   for line in quiet)
+    assert first["log"] == str(tmp_path / "kfp" / "run.log")
+    assert "executorInput" in (tmp_path / "kfp" / "run.log").read_text()
     assert first["deployment"]["created"] and first["deployment"]["version"] == 1
     assert first["gate"]["passed"] and first["gate"]["champion_version"] is None
     assert first["selection"]["winner"] == "baseline_cnn"
@@ -245,7 +256,8 @@ def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_f
     assert "gate:     PASSED" in text and f"deployed: version 1 at {version_dir}" in text
 
     # Same data, same seed: the same model, which does not beat the champion it now is.
-    second = run_local(params, tmp_path / "kfp")
+    second = run_local(params, tmp_path / "kfp", verbose=True)
+    assert len(capsys.readouterr().out.splitlines()) > 10 * len(quiet)  # --verbose: all of it
     assert not second["gate"]["passed"] and second["gate"]["champion_version"] == 1
     assert second["deployment"]["created"] is False
     assert "does not beat champion version 1" in second["deployment"]["reason"]

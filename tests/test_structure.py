@@ -100,3 +100,21 @@ def test_every_public_function_and_class_has_a_docstring(path):
 
     visit(ast.parse(path.read_text()))
     assert missing == []
+
+
+def test_the_readmes_test_command_is_what_ci_runs_and_the_environment_matches_the_pins():
+    import importlib.util
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(python3 -m venv[^\n]+)\n```", readme)
+    assert len(commands) == 2  # the main job, the tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci
+    spec = importlib.util.spec_from_file_location("check_env", ROOT / ".ci" / "check_env.py")
+    check_env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_env)
+    needed = check_env.closure("fer-pipeline", ("test",))
+    assert {"tensorflow", "kfp", "pytest", "prometheus-client"} <= set(needed)
+    assert "ruff" not in needed  # a tool installed by hand would be named, not tolerated
+    assert check_env.check() == []

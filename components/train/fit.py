@@ -161,6 +161,7 @@ def _run_phase(fit_model: keras.Model, model: keras.Model, phase: Phase, last: b
         keras.callbacks.BackupAndRestore(str(ckpt / phase.backup)),
         EpochRecord(),  # before CSVLogger, which writes the logs it adds
         keras.callbacks.CSVLogger(str(ckpt / HISTORY_CSV), append=True),
+        ProgressLines(config.architecture, steps_per_epoch),
     ]
     if config.schedule == "plateau":  # a cosine schedule runs its whole length: stopping
         # early would cut off the low-rate end, where it gains most
@@ -173,7 +174,7 @@ def _run_phase(fit_model: keras.Model, model: keras.Model, phase: Phase, last: b
         ]
     fit_model.fit(
         train_ds, validation_data=val_ds, initial_epoch=phase.first_epoch,
-        epochs=phase.last_epoch, class_weight=class_weight, callbacks=callbacks, verbose=2,
+        epochs=phase.last_epoch, class_weight=class_weight, callbacks=callbacks, verbose=0,
         steps_per_epoch=steps_per_epoch if config.class_balance == "sampling" else None,
         shuffle=False,  # the tf.data pipeline shuffles
     )
@@ -195,6 +196,47 @@ class EpochRecord(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class ProgressLines(keras.callbacks.Callback):
+    """Training progress as lines a pipeline's console can show: every ``every`` seconds a
+    ``[progress]`` line (epoch, batches, loss, accuracy, ETA), which a terminal draws as one
+    bar that updates in place, and at each epoch's end one ``[train]`` line with its figures.
+    Full lines, not carriage returns: a step's output reaches the console a line at a time.
+    """
+
+    def __init__(self, name: str, steps: int, every: float = 2.0):
+        super().__init__()
+        self.name, self.steps, self.every = name, steps, every
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start the epoch's clock."""
+        self._epoch, self._start = epoch, time.perf_counter()
+        self._shown = self._start
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """A ``[progress]`` line, at most every ``every`` seconds."""
+        now = time.perf_counter()
+        if now - self._shown < self.every:
+            return
+        self._shown = now
+        done = batch + 1
+        eta = (now - self._start) / done * max(self.steps - done, 0)
+        width = 24
+        filled = int(width * done / max(self.steps, 1))
+        logs = logs or {}
+        print(f"[progress] {self.name} epoch {self._epoch + 1}/{self.params.get('epochs')} "
+              f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.steps} "
+              f"loss {logs.get('loss', float('nan')):.4f} "
+              f"accuracy {logs.get('accuracy', float('nan')):.4f} ETA {eta:.0f} s", flush=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """One ``[train]`` line: the epoch's figures and time."""
+        logs = logs or {}
+        figures = "  ".join(f"{k} {logs[k]:.4f}" for k in
+                            ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs)
+        print(f"[train] {self.name} epoch {epoch + 1}/{self.params.get('epochs')}: {figures} "
+              f"({time.perf_counter() - self._start:.0f} s)", flush=True)
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
