@@ -312,3 +312,51 @@ def test_a_local_run_can_serve_the_ensemble_of_its_variants(small_fer, tmp_path)
     assert sorted(m["architecture"] for m in training["members"]) == ["baseline_cnn",
                                                                       "configurable_cnn"]
     assert "ensemble" in format_run_summary(run)
+
+
+def _readme_cell(text: str):
+    """A README flag-table cell as a value, or ``...`` when it is prose to skip."""
+    text = text.strip().strip("`")
+    if text in ("no", "yes"):
+        return text == "yes"
+    if text in ('""', "none"):
+        return {"": "", "none": None}[text.strip('"') or ""]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    return text if text.isidentifier() else ...
+
+
+def test_the_readmes_flag_table_matches_the_profiles_and_the_recipe():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line.split("|")[1:-1] for line in readme.splitlines()
+            if line.startswith("| `--") and line.count("|") == 6]
+    profiles = {name: profile_parameters(name) for name in ("smoke", "cpu", "full")}
+    checked = 0
+    for flag, param, *values in rows:
+        name = param.strip().split("`")[1] if "`" in param else ""
+        if "," in flag or not name:
+            continue
+        previous = None
+        for profile, cell in zip(("smoke", "cpu", "full"), values):
+            value = previous if cell.strip() == "same" else _readme_cell(cell)
+            previous = value
+            params = profiles[profile]
+            actual = params["recipe"][name] if name in params["recipe"] else params.get(name, ...)
+            if value is ... or actual is ... or isinstance(actual, (dict, list)):
+                continue
+            if value is None and isinstance(actual, str) and actual == "none":
+                value = "none"  # a choice named none, not a missing value
+            if name in ("teacher", "checkpoint_root"):
+                actual = actual or ("" if name == "teacher" else None)
+            if isinstance(actual, bool) or isinstance(value, bool):
+                assert bool(actual) == value, (profile, name, actual, value)
+            elif isinstance(actual, (int, float)) and isinstance(value, float):
+                assert float(actual) == value, (profile, name, actual, value)
+            else:
+                assert actual == value, (profile, name, actual, value)
+            checked += 1
+    assert checked >= 36  # every row of plain values, in each profile
