@@ -65,6 +65,7 @@ from typing import Any
 import requests
 
 from benchmarks.soak_corpus import EVIL_HOST, Case, grpc_corpus, rest_corpus
+from serving.contract import PROBABILITIES, SIGNATURE_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 FER_TEST = ROOT.parent / "shared" / "fer2013" / "test"
@@ -571,7 +572,7 @@ def load_kinds(model: str, faces: list[Any], jpegs: list[bytes]) -> list[LoadKin
     variants = range(max(4, len(faces)))
     rest_one = [pixels_body(1, i) for i in variants]
     rest_eight = [pixels_body(8, i) for i in variants]
-    rest_image = [json.dumps({"signature_name": "predict_images", "instances": [
+    rest_image = [json.dumps({"signature_name": SIGNATURE_IMAGES, "instances": [
         {"b64": base64.b64encode(jpegs[i % len(jpegs)]).decode()}]}).encode() for i in variants]
     grpc_one = []
     for i in variants:
@@ -608,7 +609,7 @@ def load_kinds(model: str, faces: list[Any], jpegs: list[bytes]) -> list[LoadKin
             response = clients.get().predict.Predict(grpc_one[i % len(grpc_one)], timeout=30)
         except grpc.RpcError as exc:
             return "timeout" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.code().name
-        dims = response.outputs["probabilities"].tensor_shape.dim
+        dims = response.outputs[PROBABILITIES].tensor_shape.dim
         return "OK" if dims and dims[0].size == 1 else "wrong answer"
 
     return [LoadKind("REST pixels x1", rest(rest_one, 1)),

@@ -34,10 +34,17 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from serving.contract import (
+    CLASS_ID,
+    IMAGES_INPUT,
+    PROBABILITIES,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+)
+
 SIDE = 48  # faces are SIDE x SIDE x 1 gray pixels, values 0-255
 PIXELS = SIDE * SIDE
 BODY_LIMIT = 32 * 1024 * 1024  # fer-serve's default --rest_api_max_body_bytes
-SIGNATURE_IMAGES = "predict_images"
 EVIL_HOST = "evil.example"  # a Host no response may redirect to
 
 
@@ -477,7 +484,7 @@ def _bad_base64(rng: random.Random, model: str) -> Case:
     """``{"b64": ...}`` values that are not base64, or not strings."""
     value = rng.choice(['"!!!"', '"AAA"', '"A"', '"AA=A"', '"4pyTIMOgIGxhIG1vZGU"', '"=="',
                         '"AA==\\n"', '"\\u00f1"', "123", "null", "[]", "{}", "true"])
-    shape = rng.choice(["instances", "inputs", "extra key", "serving_default"])
+    shape = rng.choice(["instances", "inputs", "extra key", SIGNATURE_PIXELS])
     if shape == "instances":
         data = _images_body(['{"b64":' + value + "}"])
     elif shape == "inputs":
@@ -665,7 +672,7 @@ def _chunked_limit(rng: random.Random, model: str) -> Case:
 @_rest()
 def _unknown_keys(rng: random.Random, model: str) -> Case:
     """Valid faces with keys the API does not have (``output_filter``, ``outputs``, ...)."""
-    extra = rng.choice([("output_filter", '["nope"]'), ("output_filter", '["probabilities"]'),
+    extra = rng.choice([("output_filter", '["nope"]'), ("output_filter", '[PROBABILITIES]'),
                         ("outputs", '["nope"]'), ("nope", "null"), ("batch", "5"),
                         ("model_spec", '{"name":"other"}'), ("", "1")])
     fields = {extra[0]: extra[1]}
@@ -759,8 +766,8 @@ def _grpc_predict(note: str, request: Any, **kw: Any) -> Case:
 def _odd_dtype_request(rng: random.Random, model: str, dtype: int,
                        **values: Any) -> tuple[str, Any]:
     dims = rng.choice([[1, SIDE, SIDE, 1], [1], []])
-    name, signature = rng.choice([("pixels", ""), ("image_bytes", SIGNATURE_IMAGES)])
-    return (f"dims {dims} to {signature or 'serving_default'}",
+    name, signature = rng.choice([("pixels", ""), (IMAGES_INPUT, SIGNATURE_IMAGES)])
+    return (f"dims {dims} to {signature or SIGNATURE_PIXELS}",
             predict_request(model, {name: tensor(dtype, dims, **values)}, signature))
 
 
@@ -864,8 +871,8 @@ def _dims_huge(rng: random.Random, model: str) -> Case:
     dtype, values = rng.choice([(p.types.DT_FLOAT, {"float_val": [1.0]}),
                                 (p.types.DT_FLOAT, {}),
                                 (p.types.DT_STRING, {"string_val": [b"a"]})])
-    name = "image_bytes" if dtype == p.types.DT_STRING else "pixels"
-    signature = SIGNATURE_IMAGES if name == "image_bytes" else ""
+    name = IMAGES_INPUT if dtype == p.types.DT_STRING else "pixels"
+    signature = SIGNATURE_IMAGES if name == IMAGES_INPUT else ""
     request = predict_request(model, {name: tensor(dtype, dims, **values)}, signature)
     return _grpc_predict(f"{p.types.DataType.Name(dtype)} dims {dims} {sorted(values)}",
                          request)
@@ -934,8 +941,8 @@ def _unknown_model(rng: random.Random, model: str) -> Case:
 @_grpc()
 def _output_filter(rng: random.Random, model: str) -> Case:
     """Output filters naming outputs that do not exist."""
-    names = rng.choice([["nope"], ["probabilities", "nope"], [""], ["probabilities"] * 100,
-                        ["class_id", "class_id"]])
+    names = rng.choice([["nope"], [PROBABILITIES, "nope"], [""], [PROBABILITIES] * 100,
+                        [CLASS_ID, CLASS_ID]])
     request = predict_request(model, {"pixels": zero_face_tensor()}, output_filter=names)
     return _grpc_predict(f"output_filter {names[:3]}", request)
 
@@ -943,11 +950,11 @@ def _output_filter(rng: random.Random, model: str) -> Case:
 @_grpc()
 def _missing_inputs(rng: random.Random, model: str) -> Case:
     """No inputs, or inputs under the wrong name."""
-    name = rng.choice([None, "image", "", "Pixels", "image_bytes"])
+    name = rng.choice([None, "image", "", "Pixels", IMAGES_INPUT])
     inputs = {} if name is None else {name: zero_face_tensor()}
-    signature = rng.choice(["", SIGNATURE_IMAGES]) if name != "image_bytes" else ""
+    signature = rng.choice(["", SIGNATURE_IMAGES]) if name != IMAGES_INPUT else ""
     request = predict_request(model, inputs, signature)
-    return _grpc_predict(f"inputs {list(inputs)} to {signature or 'serving_default'}", request)
+    return _grpc_predict(f"inputs {list(inputs)} to {signature or SIGNATURE_PIXELS}", request)
 
 
 @_grpc()
@@ -955,7 +962,7 @@ def _extra_inputs(rng: random.Random, model: str) -> Case:
     """The right input and another one."""
     p = _protos()
     extra = rng.choice([("extra", zero_face_tensor()),
-                        ("image_bytes", tensor(p.types.DT_STRING, [1], string_val=[tiny_png()])),
+                        (IMAGES_INPUT, tensor(p.types.DT_STRING, [1], string_val=[tiny_png()])),
                         ("", zero_face_tensor())])
     request = predict_request(model, {"pixels": zero_face_tensor(), extra[0]: extra[1]})
     return _grpc_predict(f"pixels + {extra[0]!r}", request)
@@ -977,7 +984,7 @@ def _images_bad(rng: random.Random, model: str) -> Case:
                 "claims 2^31-1 square": png(2**31 - 1, 2**31 - 1, zlib.compress(bytes(100)))
                 }[variant]
         t = tensor(p.types.DT_STRING, [1], string_val=[data])
-    return _grpc_predict(variant, predict_request(model, {"image_bytes": t}, SIGNATURE_IMAGES))
+    return _grpc_predict(variant, predict_request(model, {IMAGES_INPUT: t}, SIGNATURE_IMAGES))
 
 
 @_grpc(weight=0.1, cap=10)
@@ -986,7 +993,7 @@ def _images_bomb(rng: random.Random, model: str) -> Case:
     p = _protos()
     t = tensor(p.types.DT_STRING, [1], string_val=[png_bomb()])
     return _grpc_predict("20000x20000 PNG",
-                         predict_request(model, {"image_bytes": t}, SIGNATURE_IMAGES))
+                         predict_request(model, {IMAGES_INPUT: t}, SIGNATURE_IMAGES))
 
 
 @_grpc()

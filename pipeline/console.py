@@ -28,9 +28,14 @@ _TASK_START = re.compile(r"Executing task '([^']+)'")
 _TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
+#: Steps whose task name reads wrong to people.
+STEP_NAMES = {"skip deploy": "not deployed (gate)"}
+
+
 def step_name(task: str) -> str:
     """A KFP task's name as people read it: ``train-op-2`` -> ``train 2``."""
-    return re.sub(r"-op(?=-|$)", "", task).replace("-", " ")
+    name = re.sub(r"-op(?=-|$)", "", task).replace("-", " ")
+    return STEP_NAMES.get(name, name)
 
 
 class RunConsole(io.TextIOBase):
@@ -47,6 +52,7 @@ class RunConsole(io.TextIOBase):
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
+        """Always: this stream takes text."""
         return True
 
     def write(self, text: str) -> int:

@@ -109,12 +109,17 @@ def check_json_depth(body: bytes, limits: Limits) -> None:
 # --- tensors ------------------------------------------------------------------------------
 
 
+def batch_error(name: str, size: int, limits: Limits) -> ServingError:
+    """The refusal (400) of a batch of ``size`` over ``max_batch_size``."""
+    return ServingError(400, f"input {name!r}: batch of {size:,} exceeds the limit of "
+                             f"{limits.max_batch_size} (--max_batch_size); send smaller "
+                             f"requests")
+
+
 def check_batch(name: str, size: int, limits: Limits) -> None:
     """Refuse (400) an input whose batch (first dimension) exceeds ``max_batch_size``."""
     if size > limits.max_batch_size:
-        raise ServingError(400, f"input {name!r}: batch of {size:,} exceeds the limit of "
-                                f"{limits.max_batch_size} (--max_batch_size); send smaller "
-                                f"requests")
+        raise batch_error(name, size, limits)
 
 
 def check_numbers(name: str, array: np.ndarray, value_range: tuple[float, float] | None) -> None:

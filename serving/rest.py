@@ -33,7 +33,7 @@ from serving.limits import (
     InferenceGate,
     Limits,
     ServingError,
-    check_batch,
+    batch_error,
     check_json_depth,
     short,
 )
@@ -175,8 +175,7 @@ class _Handling:
         try:
             return parse_json(body, self.limits.max_batch_size)
         except BatchTooLarge as exc:
-            check_batch(exc.name, exc.size, self.limits)
-            raise AssertionError("unreachable") from exc
+            raise batch_error(exc.name, exc.size, self.limits) from None
         except JSONLimitError as exc:
             raise ServingError(400, f"JSON Parse error: {exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:

@@ -72,6 +72,7 @@ def test_a_failed_step_shows_its_whole_log():
     assert "--- ingest failed; its log: ---" in shown
     assert "  ValueError: source does not exist: /nowhere" in shown
     assert step_name("train-op-2") == "train 2" and step_name("teacher-op") == "teacher"
+    assert step_name("skip-deploy-op") == "not deployed (gate)"
 
 
 def run_cli(*args, env=None):

@@ -165,7 +165,7 @@ def test_every_recipe_field_reaches_the_train_task(f, tmp_path, monkeypatch):
     # run and submit build the same parameters from the same flags.
     seen = []
     monkeypatch.setattr("pipeline.local_run.run_local",
-                        lambda params, root: seen.append(params) or {})
+                        lambda params, root, verbose: seen.append(params) or {})
     monkeypatch.setattr("pipeline.local_run.format_run_summary", lambda summary: "")
     monkeypatch.setattr("pipeline.submit.submit",
                         lambda host, params, **kw: seen.append(params) or {
@@ -238,10 +238,10 @@ def test_end_to_end_local_run_deploys_then_refuses_a_non_improving_model(small_f
     assert len(quiet) < 40, "\n".join(quiet)
     assert any(line.split()[:2] == ["train", "done"] for line in quiet)
     assert any("[train] baseline_cnn epoch 1/1: loss" in line for line in quiet)
-    assert not any("\x1b[" in line or "Skipping" in line or "executorInput" in line
+    assert not any("\x1b[" in line or "Skipping" in line or "executor_input" in line
                    for line in quiet)
     assert first["log"] == str(tmp_path / "kfp" / "run.log")
-    assert "executorInput" in (tmp_path / "kfp" / "run.log").read_text()
+    assert "Got executor_input" in (tmp_path / "kfp" / "run.log").read_text()
     assert first["deployment"]["created"] and first["deployment"]["version"] == 1
     assert first["gate"]["passed"] and first["gate"]["champion_version"] is None
     assert first["selection"]["winner"] == "baseline_cnn"
