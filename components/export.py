@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from components.dataset import FaceDataset, held_out_split, to_model_input, write_json
+from components.explain import gradcam, gradcam_model
 from components.images import decode_image, jpeg_bytes_and_pixels, png_bytes
 from components.train.models import load_trained
 from components.train.recipe import check_tta
@@ -32,12 +33,16 @@ from serving.contract import (
     CLASS_NAME,
     CLASS_NAMES,
     FACE_SHAPE,
+    HEATMAPS,
     IMAGE_BYTES,
+    IMAGE_SIZE,
     LABELS_FILE,
     METRICS_FILE,
     NUM_CLASSES,
     PIXELS,
     PROBABILITIES,
+    SIGNATURE_EXPLAIN,
+    SIGNATURE_EXPLAIN_IMAGES,
     SIGNATURE_IMAGES,
     SIGNATURE_IMAGES_TTA,
     SIGNATURE_PIXELS,
@@ -65,29 +70,50 @@ class ExportError(Exception):
     """The SavedModel does not honour the serving contract; nothing was emitted."""
 
 
+def _outputs(probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
+    class_id = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+    return {PROBABILITIES: probabilities, CLASS_ID: class_id,
+            CLASS_NAME: tf.gather(tf.constant(CLASS_NAMES), class_id)}
+
+
+def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    return tf.map_fn(decode_image, image_bytes,
+                     fn_output_signature=tf.TensorSpec(FACE_SHAPE, tf.float32))
+
+
 def _signature_functions(model: keras.Model) -> tuple[Callable, Callable]:
     """The pixel and the image-bytes functions of the contract over ``model``."""
-    names = tf.constant(CLASS_NAMES)
-
     def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = model(pixels, training=False)
-        class_id = tf.argmax(probabilities, axis=1, output_type=tf.int64)
-        return {PROBABILITIES: probabilities, CLASS_ID: class_id,
-                CLASS_NAME: tf.gather(names, class_id)}
+        return _outputs(model(pixels, training=False))
 
     def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.map_fn(decode_image, image_bytes,
-                           fn_output_signature=tf.TensorSpec(FACE_SHAPE, tf.float32))
-        return predict_pixels(pixels)
+        return predict_pixels(_decode(image_bytes))
 
     return predict_pixels, predict_images
 
 
+def _explain_functions(grad_model: keras.Model) -> tuple[Callable, Callable]:
+    """The explain signatures' functions: the single-pass outputs plus Grad-CAM heatmaps."""
+    def explain_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities, heatmaps = gradcam(grad_model, pixels)
+        return {**_outputs(probabilities), HEATMAPS: heatmaps}
+
+    def explain_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return explain_pixels(_decode(image_bytes))
+
+    return explain_pixels, explain_images
+
+
 def serving_endpoints(model: keras.Model, tta_model: keras.Model | None = None) -> Endpoints:
-    """The contract's signatures: the single-pass ones over ``model``, and with a
-    ``tta_model`` (``model`` averaged over test-time augmentation views) the TTA ones over
-    it. Returns signature name -> (function, input spec)."""
+    """The contract's signatures: the single-pass ones over ``model``, the explain ones
+    when it has a convolutional feature map, and with a ``tta_model`` (``model`` averaged
+    over test-time augmentation views) the TTA ones over it. Returns signature name ->
+    (function, input spec)."""
     functions = dict(zip((SIGNATURE_PIXELS, SIGNATURE_IMAGES), _signature_functions(model)))
+    grad_model = gradcam_model(model)
+    if grad_model is not None:
+        functions.update(zip((SIGNATURE_EXPLAIN, SIGNATURE_EXPLAIN_IMAGES),
+                             _explain_functions(grad_model)))
     if tta_model is not None:
         functions.update(zip((SIGNATURE_PIXELS_TTA, SIGNATURE_IMAGES_TTA),
                              _signature_functions(tta_model)))
@@ -120,13 +146,14 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
     in probability per signature.
     """
     loaded = tf.saved_model.load(str(path))
+    explain = gradcam_model(model) is not None
     references = {False: model.predict(to_model_input(faces), verbose=0)}
     if tta_model is not None:
         references[True] = tta_model.predict(to_model_input(faces), verbose=0)
     inputs = {PIXELS.name: tf.constant(to_model_input(faces)),
               IMAGE_BYTES.name: tf.constant([png_bytes(f) for f in faces])}
     diffs = {}
-    for name in served_signatures(tta_model is not None):
+    for name in served_signatures(tta_model is not None, explain):
         signature = SIGNATURES[name]
         expected = references[signature.tta]
         if name not in loaded.signatures:
@@ -155,6 +182,13 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
         if not np.array_equal(ids, expected.argmax(axis=1)) or names != [CLASS_NAMES[i] for i in ids]:
             raise ExportError(f"signature {name!r} returns class ids or names that do not match "
                               f"its probabilities and the FER2013 labels")
+        if signature.explain:
+            heatmaps = out[HEATMAPS].numpy()
+            if (heatmaps.shape != (len(faces), NUM_CLASSES, IMAGE_SIZE, IMAGE_SIZE)
+                    or not np.isfinite(heatmaps).all() or heatmaps.min() < 0
+                    or heatmaps.max() > 1):
+                raise ExportError(f"signature {name!r} returns heatmaps of shape "
+                                  f"{heatmaps.shape} outside [0, 1] or not finite")
         diffs[name] = diff
     extra = sorted(set(loaded.signatures) - set(diffs))
     if extra:
@@ -175,15 +209,15 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
 
 
 def write_warmup_requests(path: Path, faces: np.ndarray, model_name: str = "fer",
-                          tta: bool = False) -> int:
+                          tta: bool = False, explain: bool = False) -> int:
     """TF Serving's warm-up file: PredictionLog records replayed when a version loads, so
     its first real request does not pay for graph tracing. A batch of 1 and of 8 for each
-    pixel signature, a batch of 2 for each image signature (the TTA ones with ``tta``).
-    Returns the number of records."""
+    pixel signature, a batch of 2 for each image signature (the TTA ones with ``tta``, the
+    explain ones with ``explain``). Returns the number of records."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     requests = []
-    for name in served_signatures(tta):
+    for name in served_signatures(tta, explain):
         if SIGNATURES[name].input == PIXELS:
             requests += [(name, tf.make_tensor_proto(to_model_input(faces[:n]))) for n in (1, 8)]
         else:
@@ -246,13 +280,15 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         if training.is_file():
             record["training"] = json.loads(training.read_text())
         write_json(extra / METRICS_FILE, record)
-        write_warmup_requests(extra / WARMUP_FILE, faces, tta=tta_model is not None)
+        explain = gradcam_model(model) is not None
+        write_warmup_requests(extra / WARMUP_FILE, faces, tta=tta_model is not None,
+                              explain=explain)
         if output_dir.exists():
             output_dir.rmdir()
         staging.rename(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"path": str(output_dir), "signatures": served_signatures(tta != "none"),
+    return {"path": str(output_dir), "signatures": served_signatures(tta != "none", explain),
             "verified_on": len(faces),
             "max_probability_difference": diffs, "tta": tta}

@@ -17,8 +17,11 @@ Signatures (what TF Serving loads):
 each returns ``probabilities`` float32 [N,7], ``class_id`` int64 [N], ``class_name``
 string [N], from one pass of the network. A model exported with test-time augmentation
 also offers ``serving_tta`` and ``predict_images_tta``: the same inputs and outputs, the
-probabilities averaged over the views (more accurate, one network pass per view). ``assets.extra/`` holds ``labels.txt``, ``metrics.json`` and TF Serving's
-warm-up records.
+probabilities averaged over the views (more accurate, one network pass per view). A
+convolutional model also offers ``explain`` (pixels) and ``explain_images`` (encoded
+images): the single-pass outputs plus ``heatmaps`` float32 [N,7,48,48], per face and class
+the Grad-CAM map in [0, 1] of where the network looked. ``assets.extra/`` holds
+``labels.txt``, ``metrics.json`` and TF Serving's warm-up records.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Signature:
     input: TensorInfo
     outputs: tuple[TensorInfo, ...]
     tta: bool = False  # averages the test-time augmentation views
+    explain: bool = False  # adds the Grad-CAM heatmaps
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -79,9 +83,12 @@ SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURE_PIXELS_TTA = "serving_tta"
 SIGNATURE_IMAGES_TTA = "predict_images_tta"
+SIGNATURE_EXPLAIN = "explain"
+SIGNATURE_EXPLAIN_IMAGES = "explain_images"
 PIXELS_INPUT = "pixels"
 IMAGES_INPUT = "image_bytes"
 PROBABILITIES, CLASS_ID, CLASS_NAME = "probabilities", "class_id", "class_name"
+HEATMAPS = "heatmaps"
 
 PIXELS = TensorInfo(PIXELS_INPUT, "float32", (None, *FACE_SHAPE))
 IMAGE_BYTES = TensorInfo(IMAGES_INPUT, "string", (None,))
@@ -91,6 +98,8 @@ OUTPUTS = (
     TensorInfo(CLASS_NAME, "string", (None,)),
 )
 OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
+EXPLAIN_OUTPUTS = (*OUTPUTS, TensorInfo(HEATMAPS, "float32", (None, NUM_CLASSES, IMAGE_SIZE,
+                                                               IMAGE_SIZE)))
 
 #: Every signature an exported model may offer, by name: the single-pass ones always, the
 #: TTA ones when it was exported with test-time augmentation.
@@ -99,13 +108,17 @@ SIGNATURES: dict[str, Signature] = {
     SIGNATURE_IMAGES: Signature(SIGNATURE_IMAGES, IMAGE_BYTES, OUTPUTS),
     SIGNATURE_PIXELS_TTA: Signature(SIGNATURE_PIXELS_TTA, PIXELS, OUTPUTS, tta=True),
     SIGNATURE_IMAGES_TTA: Signature(SIGNATURE_IMAGES_TTA, IMAGE_BYTES, OUTPUTS, tta=True),
+    SIGNATURE_EXPLAIN: Signature(SIGNATURE_EXPLAIN, PIXELS, EXPLAIN_OUTPUTS, explain=True),
+    SIGNATURE_EXPLAIN_IMAGES: Signature(SIGNATURE_EXPLAIN_IMAGES, IMAGE_BYTES, EXPLAIN_OUTPUTS,
+                                        explain=True),
 }
 
 
-def served_signatures(tta: bool) -> list[str]:
-    """The names of the signatures a model offers: the single-pass ones, and the TTA ones
-    when ``tta``."""
-    return [name for name, s in SIGNATURES.items() if tta or not s.tta]
+def served_signatures(tta: bool, explain: bool = False) -> list[str]:
+    """The names of the signatures a model offers: the single-pass ones, the TTA ones when
+    ``tta``, the explain ones when ``explain``."""
+    return [name for name, s in SIGNATURES.items()
+            if (tta or not s.tta) and (explain or not s.explain)]
 
 
 def signature_name(images: bool, tta: bool = False) -> str:

@@ -22,7 +22,7 @@ from components.export import (
 from components.images import decode_image
 from components.ingest.readers import decode_face
 from serving.contract import CLASS_NAMES
-from tests.helpers import real_faces
+from tests.helpers import face_pixels, real_faces
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_warmup_requests_replay_against_the_saved_model(exported):
     loaded = tf.saved_model.load(str(path))
     records = list(tf.data.TFRecordDataset(str(path / "assets.extra" /
                                                "tf_serving_warmup_requests")))
-    assert len(records) == 3
+    assert len(records) == 6
     signatures = []
     for raw in records:
         log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
@@ -170,7 +170,8 @@ def test_warmup_requests_replay_against_the_saved_model(exported):
         out = loaded.signatures[request.model_spec.signature_name](
             **{k: tf.constant(v) for k, v in inputs.items()})
         assert out["probabilities"].shape[1] == 7
-    assert signatures == [SIGNATURE_PIXELS, SIGNATURE_PIXELS, SIGNATURE_IMAGES]
+    assert signatures == [SIGNATURE_PIXELS, SIGNATURE_PIXELS, SIGNATURE_IMAGES,
+                          "explain", "explain", "explain_images"]
 
 
 def test_every_weight_is_stored_once(exported, trained_model):
@@ -182,3 +183,42 @@ def test_every_weight_is_stored_once(exported, trained_model):
                  if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
     model = keras.models.load_model(trained_model / "model.keras")
     assert stored == model.count_params()
+
+
+def test_the_explain_signature_serves_grad_cam_heatmaps(exported, trained_model):
+    """Grad-CAM through the served graph: seven maps per face in [0, 1], the same
+    probabilities as serving_default, and the maps Grad-CAM's definition gives, computed
+    here independently on the Keras model (the last conv activation's channels weighed by
+    the mean gradient of each class's log-probability)."""
+    from components.explain import feature_layer
+    from components.train.models import load_trained
+    from serving.contract import HEATMAPS, SIGNATURE_EXPLAIN, SIGNATURE_EXPLAIN_IMAGES
+
+    path, _ = exported
+    loaded = tf.saved_model.load(str(path))
+    files = real_faces("test", "happy", 2) + real_faces("test", "angry", 2)
+    faces = np.stack([face_pixels(f) for f in files])[..., None].astype(np.float32)
+    explained = loaded.signatures[SIGNATURE_EXPLAIN](pixels=tf.constant(faces))
+    plain = loaded.signatures[SIGNATURE_PIXELS](pixels=tf.constant(faces))
+    np.testing.assert_allclose(explained["probabilities"], plain["probabilities"], atol=1e-5)
+    heatmaps = explained[HEATMAPS].numpy()
+    assert heatmaps.shape == (4, 7, 48, 48)
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+
+    model = load_trained(trained_model)
+    layer = feature_layer(model)
+    assert isinstance(layer, keras.layers.Activation) and len(layer.output.shape) == 4
+    probe = keras.Model(model.inputs, [layer.output, model.output])
+    for k in range(7):
+        with tf.GradientTape() as tape:
+            features, probs = probe(tf.constant(faces), training=False)
+            score = tf.math.log(tf.maximum(probs[:, k], 1e-12))
+        grads = tape.gradient(score, features).numpy()
+        cam = np.maximum((features.numpy() * grads.mean(axis=(1, 2), keepdims=True)).sum(-1), 0)
+        peak = cam.max(axis=(1, 2), keepdims=True)
+        cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+        expected = tf.image.resize(cam[..., None], [48, 48]).numpy()[..., 0]
+        np.testing.assert_allclose(heatmaps[:, k], np.clip(expected, 0, 1), atol=1e-4)
+    by_bytes = loaded.signatures[SIGNATURE_EXPLAIN_IMAGES](
+        image_bytes=tf.constant([f.read_bytes() for f in files]))
+    assert by_bytes[HEATMAPS].shape == (4, 7, 48, 48)

@@ -60,7 +60,7 @@ def test_metadata(server, path):
     meta = requests.get(url(server, path), timeout=10).json()
     assert meta["model_spec"] == {"name": "fer", "signature_name": "", "version": "1"}
     defs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(defs) == {"serving_default", "predict_images"}
+    assert set(defs) == {"serving_default", "predict_images", "explain", "explain_images"}
     pixels = defs["serving_default"]["inputs"]["pixels"]
     assert pixels["dtype"] == "DT_FLOAT"
     assert [int(d["size"]) for d in pixels["tensor_shape"]["dim"]] == [-1, 48, 48, 1]
