@@ -105,8 +105,8 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from serving.logs import verbose_requested
     from pipeline.local_run import format_run_summary, run_local
+    from serving.logs import verbose_requested
 
     params = _pipeline_parameters(args)
     summary = run_local(params, args.pipeline_root, verbose=verbose_requested(args.verbose))
@@ -155,7 +155,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
                              not args.no_detect, args.json, args.annotate, args.timeout,
-                             args.model_dir, args.tta)
+                             args.model_dir, args.tta, args.explain)
     print(text)
     return code
 
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true",
                       help="use the model's test-time augmentation signature (serving_tta): "
                            "averaged views, more accurate, one network pass per view")
+    pred.add_argument("--explain", metavar="DIR",
+                      help="write each face's Grad-CAM overlay (where the network looked, for "
+                           "its top emotion) here, through the model's explain signature")
     pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
     pred.add_argument("--timeout", type=float, default=30.0,

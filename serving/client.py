@@ -4,6 +4,7 @@
     rest.predict_pixels(faces)            # float [N,48,48,1] or uint8 [N,48,48], 0-255
     rest.predict_images([jpeg_bytes])     # encoded images, any size
     rest.predict_pixels(faces, tta=True)  # the TTA signature: averaged views, slower
+    rest.explain_pixels(faces)            # + "heatmaps" [N,7,48,48]: Grad-CAM per class
     grpc_client = GrpcClient("127.0.0.1:8500", "fer")
     local = LocalClient("serving/model/fer/1")   # in-process, no server
 
@@ -26,10 +27,12 @@ from serving.contract import (
     CLASS_ID,
     CLASS_NAME,
     FACE_SHAPE,
+    HEATMAPS,
     IMAGE_SIZE,
     IMAGES_INPUT,
     PIXELS_INPUT,
     PROBABILITIES,
+    SIGNATURE_EXPLAIN,
     signature_name,
 )
 from serving.limits import Limits, ServingError
@@ -55,12 +58,15 @@ def as_pixels(faces: np.ndarray) -> np.ndarray:
 
 
 def _result(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {
+    result = {
         PROBABILITIES: np.asarray(outputs[PROBABILITIES], dtype=np.float32),
         CLASS_ID: np.asarray(outputs[CLASS_ID], dtype=np.int64),
         CLASS_NAME: [n.decode() if isinstance(n, bytes) else str(n)
                      for n in np.asarray(outputs[CLASS_NAME], dtype=object).ravel()],
     }
+    if HEATMAPS in outputs:
+        result[HEATMAPS] = np.asarray(outputs[HEATMAPS], dtype=np.float32)
+    return result
 
 
 class RestClient:
@@ -106,6 +112,12 @@ class RestClient:
         signature, or ``serving_tta`` (the TTA average) with ``tta``."""
         body = {"signature_name": signature_name(False, tta),
                 "inputs": as_pixels(faces).tolist()}
+        return _result(self._call("POST", ":predict", body)["outputs"])
+
+    def explain_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions and Grad-CAM ``heatmaps`` [N,7,48,48] for 48x48 faces, through the
+        ``explain`` signature."""
+        body = {"signature_name": SIGNATURE_EXPLAIN, "inputs": as_pixels(faces).tolist()}
         return _result(self._call("POST", ":predict", body)["outputs"])
 
     def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
@@ -161,6 +173,10 @@ class GrpcClient:
         signature, or ``serving_tta`` with ``tta``."""
         return self._predict(signature_name(False, tta), PIXELS_INPUT, as_pixels(faces))
 
+    def explain_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions and Grad-CAM ``heatmaps`` [N,7,48,48] through ``explain``."""
+        return self._predict(SIGNATURE_EXPLAIN, PIXELS_INPUT, as_pixels(faces))
+
     def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for encoded images of any size through the ``predict_images``
         signature, or ``predict_images_tta`` with ``tta``."""
@@ -213,6 +229,10 @@ class LocalClient:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
         signature, or ``serving_tta`` with ``tta``."""
         return self._predict(signature_name(False, tta), {PIXELS_INPUT: as_pixels(faces)})
+
+    def explain_pixels(self, faces: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions and Grad-CAM ``heatmaps`` [N,7,48,48] through ``explain``."""
+        return self._predict(SIGNATURE_EXPLAIN, {PIXELS_INPUT: as_pixels(faces)})
 
     def predict_images(self, images: list[bytes], tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for encoded images of any size through the ``predict_images``

@@ -22,7 +22,13 @@ import cv2
 import numpy as np
 
 from serving.client import ClientError, GrpcClient, LocalClient, RestClient
-from serving.contract import BUNDLED_MODEL_BASE, CLASS_NAMES, IMAGE_SIZE, PROBABILITIES
+from serving.contract import (
+    BUNDLED_MODEL_BASE,
+    CLASS_NAMES,
+    HEATMAPS,
+    IMAGE_SIZE,
+    PROBABILITIES,
+)
 from serving.limits import Limits
 from serving.storage import local_versions
 
@@ -46,6 +52,8 @@ class ImageResult:
     probabilities: list[list[float]] = field(default_factory=list)
     error: str = ""
     note: str = ""  # how the faces were found, when it is not by detection
+    crops: list[np.ndarray] = field(default_factory=list, repr=False)  # 48x48 gray, as sent
+    explanations: list[str] = field(default_factory=list)  # heatmap overlays written
 
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data: the image, per face its box, top emotion, confidence
@@ -56,6 +64,8 @@ class ImageResult:
             faces.append({"box": {"x": box[0], "y": box[1], "w": box[2], "h": box[3]},
                           "emotion": CLASS_NAMES[top], "confidence": round(probs[top], 4),
                           PROBABILITIES: {n: round(p, 4) for n, p in zip(CLASS_NAMES, probs)}})
+        for face, explanation in zip(faces, self.explanations):
+            face["explanation"] = explanation
         return {"image": self.path, "faces": faces, "note": self.note or None,
                 "error": self.error or None}
 
@@ -146,7 +156,8 @@ def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClien
             result.error = "no face found (use --no-detect if the image is already a face crop)"
         for box in boxes:
             result.boxes.append(box)
-            faces.append(crop_face(image, None if crop else box))
+            result.crops.append(crop_face(image, None if crop else box))
+            faces.append(result.crops[-1])
             owners.append(result)
     for start in range(0, len(faces), batch):
         probs = client.predict_pixels(np.stack(faces[start:start + batch]), tta=tta)
@@ -171,6 +182,38 @@ def annotate(path: str | Path, result: ImageResult, output: Path) -> Path:
     if not cv2.imwrite(str(output), image):
         raise OSError(f"cannot write {output}")
     return output
+
+
+def explain_results(results: list[ImageResult], client: RestClient | GrpcClient | LocalClient,
+                    output: Path, batch: int = Limits().max_batch_size) -> int:
+    """Write, for every face of ``results``, its Grad-CAM overlay for the predicted class
+    (the model's ``explain`` signature) to ``output``: the face and the heatmap over it,
+    side by side, 4x. Returns the number written; each result lists its files."""
+    owners = [(r, k) for r in results for k in range(len(r.crops))]
+    output.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(owners), batch):
+        chunk = owners[start:start + batch]
+        explained = client.explain_pixels(np.stack([r.crops[k] for r, k in chunk]))
+        for (result, k), probs, maps in zip(chunk, explained[PROBABILITIES],
+                                            explained[HEATMAPS]):
+            top = int(np.argmax(probs))
+            path = output / f"{Path(result.path).stem}.face{k}.{CLASS_NAMES[top]}.explain.png"
+            write_overlay(result.crops[k], maps[top], path)
+            result.explanations.append(str(path))
+    return len(owners)
+
+
+def write_overlay(face: np.ndarray, heatmap: np.ndarray, path: Path, scale: int = 4) -> Path:
+    """The 48x48 ``face`` and its ``heatmap`` (values 0-1) blended over it, side by side,
+    enlarged ``scale`` times, as a PNG at ``path``."""
+    size = (face.shape[1] * scale, face.shape[0] * scale)
+    gray = cv2.cvtColor(cv2.resize(face, size, interpolation=cv2.INTER_CUBIC),
+                        cv2.COLOR_GRAY2BGR)
+    heat = cv2.applyColorMap((np.clip(cv2.resize(heatmap, size), 0, 1) * 255).astype(np.uint8),
+                             cv2.COLORMAP_JET)
+    if not cv2.imwrite(str(path), np.hstack([gray, cv2.addWeighted(gray, 0.55, heat, 0.45, 0)])):
+        raise OSError(f"cannot write {path}")
+    return path
 
 
 def format_results(results: list[ImageResult]) -> str:
@@ -223,11 +266,12 @@ def run_predict(paths: list[str], url: str | None, grpc_target: str | None, mode
                 detect: bool, as_json: bool, annotate_dir: str | None,
                 timeout: float = 30.0,
                 model_dir: str | Path = BUNDLED_MODEL_BASE,
-                tta: bool = False) -> tuple[str, int]:
+                tta: bool = False, explain_dir: str | None = None) -> tuple[str, int]:
     """The CLI's work: returns what to print and the exit code (1 if any image failed).
 
     ``grpc_target`` or ``url`` name a server; with neither, ``model_dir`` runs in-process.
     ``tta``: ask for the model's TTA signature (more accurate, one pass per view).
+    ``explain_dir``: write each face's Grad-CAM overlay there (the ``explain`` signature).
     """
     if grpc_target:
         client = GrpcClient(grpc_target, model_name, timeout=timeout)
@@ -236,10 +280,13 @@ def run_predict(paths: list[str], url: str | None, grpc_target: str | None, mode
     else:
         client = local_client(model_dir)
     results = predict_paths(paths, client, detect, tta)
+    written = explain_results(results, client, Path(explain_dir)) if explain_dir else 0
     if annotate_dir:
         for r in results:
             if r.boxes:
                 annotate(r.path, r, Path(annotate_dir) / f"{Path(r.path).stem}.annotated.png")
     text = (json.dumps([r.as_dict() for r in results], indent=2) if as_json
             else format_results(results))
+    if explain_dir and not as_json:
+        text += f"\n{written} explanation{'s' if written != 1 else ''} written to {explain_dir}"
     return text, int(any(r.error for r in results))

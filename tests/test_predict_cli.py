@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -188,3 +189,26 @@ print("code", code, "heavy", heavy)
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "code 0 heavy []", proc.stdout
+
+
+def test_explain_writes_a_grad_cam_overlay_per_face_over_rest_and_grpc(server, tmp_path,
+                                                                        capsys):
+    files = [str(f) for f in real_faces("test", "surprise", 2)]
+    url = f"http://127.0.0.1:{server.rest_port}"
+    assert main(["predict", *files, "--url", url, "--explain", str(tmp_path / "x"),
+                 "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    written = [face["explanation"] for r in results for face in r["faces"]]
+    assert len(written) == 2
+    for path, r in zip(written, results):
+        assert path.endswith(f".face0.{r['faces'][0]['emotion']}.explain.png")
+        overlay = cv2.imread(path)
+        assert overlay.shape == (192, 384, 3)  # the face and its heatmap, 4x
+        face = overlay[:, :192]
+        assert np.allclose(face[..., 0], face[..., 2], atol=2)  # the face itself is gray
+        assert not np.allclose(overlay[:, 192:, 0], overlay[:, 192:, 2], atol=2)  # colour
+    assert main(["predict", *files, "--grpc", f"127.0.0.1:{server.grpc_port}",
+                 "--explain", str(tmp_path / "g")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"2 explanations written to {tmp_path / 'g'}")
+    by_grpc = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert by_grpc == sorted(Path(p).name for p in written)
