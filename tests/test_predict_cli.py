@@ -131,7 +131,7 @@ def test_a_folder_is_classified_whole_with_a_summary(capsys):
     assert len(results) == n and all(len(r["faces"]) == 1 and r["error"] is None
                                      for r in results)
     disgust = sum(r["faces"][0]["emotion"] == "disgust" for r in results)
-    assert disgust / n > 0.4  # the shipped model's disgust recall on test is about 0.6
+    assert disgust / n > 0.35  # the shipped model says disgust for 25 of these 56 faces
     assert main(["predict", str(folder)]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith(f"{n} images, {n} faces: ") and f"disgust {disgust}" in last
