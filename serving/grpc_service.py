@@ -30,7 +30,13 @@ from tensorflow_serving.apis import (
 )
 
 from serving.contract import SIGNATURE_PIXELS
-from serving.limits import InferenceGate, Limits, ServingError, check_batch
+from serving.limits import (
+    InferenceGate,
+    Limits,
+    ServingError,
+    check_batch,
+    signature_error,
+)
 from serving.model_store import LoadedVersion, ModelStore
 from serving.telemetry import RequestRecord, Telemetry
 
@@ -148,8 +154,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
                  signature: str) -> tuple[Any, int]:
         """The response to a Predict request, and its batch size."""
         if signature not in loaded.signatures:
-            raise ServingError(400, f'Serving signature name: "{signature[:64]}" not found in '
-                               f"signature def (has: {', '.join(sorted(loaded.signatures))})")
+            raise signature_error(signature, loaded.signatures)
         _, specs = loaded.signatures[signature].structured_input_signature
         unknown = sorted(set(request.inputs) - set(specs))
         if unknown:

@@ -47,6 +47,14 @@ def _limit(default: int, text: str) -> int:
     return field(default=default, metadata={"help": text})
 
 
+def signature_error(name: object, known: object) -> ServingError:
+    """The refusal (400) of a signature name the model does not have, in TF Serving's words
+    (the name cut short: it is the client's text)."""
+    shown = name[:64] if isinstance(name, str) else "?"
+    return ServingError(400, f'Serving signature name: "{shown}" not found in signature def '
+                             f"(has: {', '.join(sorted(known))})")
+
+
 @dataclass(frozen=True)
 class Limits:
     """The operator's limits on what one request may ask; defaults are safe on a small

@@ -44,6 +44,7 @@ from serving.limits import (
     check_images,
     check_numbers,
     short,
+    signature_error,
 )
 from serving.storage import gcs_client, is_gcs_uri, local_versions, split_gcs_uri
 
@@ -89,8 +90,7 @@ class LoadedVersion:
         that are not finite or (pixels) outside 0-255, images whose headers promise more
         pixels than the limits allow."""
         if signature_name not in self.signatures:
-            raise ServingError(400, f'Serving signature name: "{signature_name}" not found in '
-                               f"signature def (has: {', '.join(sorted(self.signatures))})")
+            raise signature_error(signature_name, self.signatures)
         fn = self.signatures[signature_name]
         _, expected = fn.structured_input_signature
         missing = sorted(set(expected) - set(inputs))

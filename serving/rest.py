@@ -14,6 +14,9 @@ import binascii
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from serving.limits import (
     batch_error,
     check_json_depth,
     short,
+    signature_error,
 )
 from serving.model_store import LoadedVersion, ModelStore
 from serving.telemetry import METRICS_PATH, RequestRecord, Telemetry
@@ -181,12 +185,34 @@ class _Handling:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ServingError(400, f"JSON Parse error: {exc}") from None
 
-    def record(self, api: str, model: str, loaded: LoadedVersion | None, signature: str,
-               status: int, started: float, batch: int) -> None:
-        """Count a finished predict request (and log it, with a request log)."""
-        self.telemetry.record(RequestRecord(
-            api, model, str(loaded.version) if loaded else "", signature, str(status),
-            (time.perf_counter() - started) * 1000, batch))
+    @contextmanager
+    def counted(self, api: str, model: str, known: bool) -> Iterator[Call]:
+        """Count the predict request the ``with`` block answers (and log it, with a request
+        log), with what the block resolved into the :class:`Call` it gets; a request for an
+        unknown model is not counted (its name is the client's text)."""
+        call, started = Call(), time.perf_counter()
+        try:
+            yield call
+            call.status = 200
+        except ServingError as exc:
+            call.status = exc.status
+            raise
+        finally:
+            if known:
+                self.telemetry.record(RequestRecord(
+                    api, model, str(call.loaded.version) if call.loaded else "",
+                    call.signature, str(call.status), (time.perf_counter() - started) * 1000,
+                    call.batch))
+
+
+@dataclass
+class Call:
+    """What answering one predict request resolved, for its count and log line."""
+
+    loaded: LoadedVersion | None = None
+    signature: str = ""
+    batch: int = 0
+    status: int = 500
 
 
 def batch_size(inputs: dict[str, Any]) -> int:
@@ -229,31 +255,22 @@ def create_app(stores: dict[str, ModelStore], limits: Limits | None = None,
         return JSONResponse(metadata_response(store, store.get(**selector(request))))
 
     async def predict(request: Request) -> JSONResponse:
-        started, loaded, signature, batch, code = time.perf_counter(), None, "", 0, 500
         name = request.path_params["name"]
-        try:
+        with handling.counted("rest", name, name in stores) as call:
             store = store_for(request)
-            loaded = store.get(**selector(request))
+            loaded = call.loaded = store.get(**selector(request))
             body = await handling.read_json(request)
             if not isinstance(body, dict):
                 raise ServingError(400, "the request body must be a JSON object")
             signature = body.get("signature_name", SIGNATURE_PIXELS)
             if not isinstance(signature, str) or signature not in loaded.signatures:
-                shown, signature = (signature if isinstance(signature, str) else "?"), ""
-                raise ServingError(400, f'Serving signature name: "{shown[:64]}" not found in '
-                                   f"signature def (has: {', '.join(sorted(loaded.signatures))})")
+                raise signature_error(signature, loaded.signatures)
+            call.signature = signature
             _, spec = loaded.signatures[signature].structured_input_signature
             inputs, row = parse_predict_body(body, list(spec))
-            batch = batch_size(inputs)
+            call.batch = batch_size(inputs)
             outputs = await handling.predict(loaded, signature, inputs)
-            code = 200
             return JSONResponse(format_predict_response(outputs, row))
-        except ServingError as exc:
-            code = exc.status
-            raise
-        finally:
-            if name in stores:
-                handling.record("rest", name, loaded, signature, code, started, batch)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(handling.telemetry.registry),

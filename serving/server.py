@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import uvicorn

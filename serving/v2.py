@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving.contract import IMAGES_INPUT, SIGNATURE_IMAGES, SIGNATURE_PIXELS
-from serving.limits import ServingError
+from serving.limits import ServingError, signature_error
 
 if TYPE_CHECKING:
     from serving.model_store import LoadedVersion, ModelStore
@@ -191,28 +190,18 @@ def v2_routes(stores: dict[str, ModelStore], handling: Any) -> list[Route]:
                             status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> JSONResponse:
-        started, loaded, signature, batch, code = time.perf_counter(), None, "", 0, 500
         name = request.path_params["name"]
-        try:
+        with handling.counted("v2", name, name in stores) as call:
             store = store_for(request)
-            loaded = store.get(version=version_of(request))
+            loaded = call.loaded = store.get(version=version_of(request))
             body = await handling.read_json(request)
             signature, input_name, values, wanted = read_infer_request(body)
             if signature not in loaded.signatures:
-                shown, signature = signature, ""
-                raise ServingError(400, f'Serving signature name: "{shown[:64]}" not found '
-                                   f"(has: {', '.join(sorted(loaded.signatures))})")
-            batch = len(values)
+                raise signature_error(signature, loaded.signatures)
+            call.signature, call.batch = signature, len(values)
             outputs = await handling.predict(loaded, signature, {input_name: values})
             reply = infer_response(store.name, loaded.version, body.get("id"), outputs, wanted)
-            code = 200
             return JSONResponse(reply)
-        except ServingError as exc:
-            code = exc.status
-            raise
-        finally:
-            if name in stores:
-                handling.record("v2", name, loaded, signature, code, started, batch)
 
     model = "/v2/models/{name}"
     routes = [Route("/v2/health/live", live, methods=["GET"]),
