@@ -34,6 +34,7 @@ from serving.contract import IMAGES_INPUT, SIGNATURE_IMAGES, SIGNATURE_PIXELS
 from serving.limits import ServingError, signature_error
 
 if TYPE_CHECKING:
+    from serving.handling import Handling
     from serving.model_store import LoadedVersion, ModelStore
 
 #: TensorFlow dtype names and the protocol's datatypes.
@@ -148,7 +149,7 @@ def infer_response(model: str, version: int, request_id: Any,
     return reply
 
 
-def v2_routes(stores: dict[str, ModelStore], handling: Any) -> list[Route]:
+def v2_routes(stores: dict[str, ModelStore], handling: Handling) -> list[Route]:
     """The protocol's routes over ``stores``; ``handling`` runs and counts predictions (the
     REST app's)."""
 

@@ -189,7 +189,7 @@ SLOW = [[[1, 2], [3]], [[[1], [2, 3]], [[4]]], [[1, 2], 3], [[], [1]], [[1], []]
 
 @pytest.mark.parametrize("value", FAST, ids=[json.dumps(v)[:30] for v in FAST])
 def test_rectangular_numbers_parse_into_one_array(value):
-    from serving.rest import parse_json
+    from serving.fastjson import parse_json
 
     parsed = parse_json(json.dumps({"instances": value, "signature_name": "s"}).encode())
     assert isinstance(parsed["instances"], np.ndarray)
@@ -201,7 +201,7 @@ def test_rectangular_numbers_parse_into_one_array(value):
                          ids=["object beside", "string beside", "alone"])
 @pytest.mark.parametrize("value", SLOW, ids=[json.dumps(v)[:30] for v in SLOW])
 def test_anything_else_takes_the_standard_path(value, others):
-    from serving.rest import parse_json
+    from serving.fastjson import parse_json
 
     body = json.dumps({"inputs": value, **others}).encode()
     assert parse_json(body) == json.loads(body)
@@ -213,7 +213,7 @@ def test_anything_else_takes_the_standard_path(value, others):
     b'{"instances": [[1,2],[3],[4,5,6]], "signature_name": "[[,],[,],[,]]"}',
 ], ids=["decoy before", "decoy after"])
 def test_a_ragged_tensor_is_never_taken_for_a_rectangular_one(body):
-    from serving.rest import parse_json
+    from serving.fastjson import parse_json
 
     assert parse_json(body) == json.loads(body)  # a list, refused later as ragged
 
@@ -224,7 +224,7 @@ def test_a_ragged_tensor_is_never_taken_for_a_rectangular_one(body):
     b'{"instances": [[1e3, -2.5E-1], [3, 4]], "n": 1}',
 ], ids=["whitespace", "escaped string", "number beside"])
 def test_rectangular_tensors_parse_whatever_surrounds_them(body):
-    from serving.rest import parse_json
+    from serving.fastjson import parse_json
 
     parsed = parse_json(body)
     expected = json.loads(body)
@@ -234,7 +234,7 @@ def test_rectangular_tensors_parse_whatever_surrounds_them(body):
 
 
 def test_non_standard_json_numbers_behave_as_before():
-    from serving.rest import parse_json
+    from serving.fastjson import parse_json
 
     body = b'{"instances": [NaN, 1e400]}'  # simdjson refuses these; json accepts them
     parsed = parse_json(body)
