@@ -155,7 +155,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
                              not args.no_detect, args.json, args.annotate, args.timeout,
-                             args.model_dir, args.tta, args.explain)
+                             args.model_dir, args.tta, args.explain, args.detector)
     print(text)
     return code
 
@@ -385,8 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often --wait asks for the run's state (default: 10)")
     subm.set_defaults(func=_cmd_submit)
 
+    from serving.faces import DEFAULT_DETECTOR, DETECTORS
+
     pred = sub.add_parser("predict", parents=[common], help="emotions of the faces in photos",
-                          description="Detect faces (OpenCV Haar cascade), send them in "
+                          description="Detect faces (MTCNN, or OpenCV's Haar cascade), align "
+                          "them by their landmarks, send them in "
                           "batched requests to TF Serving or fer-serve (--url, --grpc), or run "
                           "them through a SavedModel in-process (by default the bundled "
                           "released model), and print each face's box, top emotion and all "
@@ -406,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the served model's name (default: %(default)s)")
     pred.add_argument("--no-detect", action="store_true",
                       help="treat every image as a face crop: no face detection")
+    pred.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                      help="how faces are found: mtcnn (finds turned, small and large faces, "
+                           "aligns them by their eyes) or haar (OpenCV's frontal-face cascade, "
+                           "faster) (default: %(default)s)")
     pred.add_argument("--tta", action="store_true",
                       help="use the model's test-time augmentation signature (serving_tta): "
                            "averaged views, more accurate, one network pass per view")

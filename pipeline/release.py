@@ -168,8 +168,8 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         "- FER2013 faces are low-resolution, mostly frontal, web-scraped and labelled once; "
         "about 10% of labels are thought to be wrong. Accuracy on other populations, poses, "
         "lighting or cameras is unmeasured.",
-        "- The predict CLI finds faces with OpenCV's Haar cascade: profile or small faces "
-        "are missed.",
+        "- The predict CLI finds faces with MTCNN and aligns them by their eyes; faces seen "
+        "from the side, and faces smaller than 20 px, are missed.",
         "- Predicted expressions are not felt emotions; do not use the model for decisions "
         "about people.",
     ]

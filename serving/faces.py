@@ -111,7 +111,7 @@ class MtcnnDetector:
         return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_detector(name: str = DEFAULT_DETECTOR) -> Detector:
     """The shared detector called ``name`` (one of :data:`DETECTORS`)."""
     if name not in DETECTORS:

@@ -1,7 +1,8 @@
 """``fer-pipeline predict``: emotions of the faces in ordinary photos.
 
 Inputs are image files, folders (searched recursively for image files) and globs. Faces are
-found with OpenCV's bundled Haar cascade, cropped, made 48x48 gray, and sent in batched
+found by MTCNN (or OpenCV's Haar cascade, ``detector="haar"``; :mod:`serving.faces`), aligned
+by their landmarks, made 48x48 gray, and sent in batched
 requests to a served model (REST or gRPC), or, when no server is named, run in this process
 through a SavedModel: ``--model-dir``, by default the released model bundled with the
 package. An image that is already a face crop (small and about square, like FER2013's 48x48
@@ -26,13 +27,12 @@ from serving.contract import (
     BUNDLED_MODEL_BASE,
     CLASS_NAMES,
     HEATMAPS,
-    IMAGE_SIZE,
     PROBABILITIES,
 )
+from serving.faces import DEFAULT_DETECTOR, Face, face_crop, get_detector
 from serving.limits import Limits
 from serving.storage import local_versions
 
-CASCADE = "haarcascade_frontalface_default.xml"
 #: The file types a folder or glob contributes (what OpenCV reads).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                             ".pgm", ".ppm"})
@@ -111,31 +111,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def detect_faces(image: np.ndarray, min_size: int = 30) -> list[tuple[int, int, int, int]]:
-    """Face boxes ``(x, y, w, h)``, left to right, from OpenCV's frontal-face Haar cascade."""
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
-    if cascade.empty():
-        raise RuntimeError(f"cannot load OpenCV's {CASCADE}")
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    boxes = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                     minSize=(min_size, min_size))
-    return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: (b[0], b[1]))
-
-
-def crop_face(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
-    """48x48 uint8 gray face from a BGR image (the whole image when ``box`` is None)."""
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    if box is not None:
-        x, y, w, h = box
-        gray = gray[y:y + h, x:x + w]
-    return cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
-
-
 def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClient,
                   detect: bool = True, tta: bool = False,
-                  batch: int = Limits().max_batch_size) -> list[ImageResult]:
-    """Every face of every image the inputs name (files, folders, globs), in requests of at
-    most ``batch`` faces (through the TTA signature with ``tta``); one result per image."""
+                  batch: int = Limits().max_batch_size,
+                  detector: str = DEFAULT_DETECTOR) -> list[ImageResult]:
+    """Every face of every image the inputs name (files, folders, globs), found by
+    ``detector`` (:data:`serving.faces.DETECTORS`), in requests of at most ``batch`` faces
+    (through the TTA signature with ``tta``); one result per image."""
     results, faces, owners = [], [], []
     for path, error in expand_inputs([str(p) for p in paths]):
         result = ImageResult(path, error=error)
@@ -148,15 +130,15 @@ def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClien
             result.error = str(exc)
             continue
         h, w = image.shape[:2]
-        crop = not detect or is_face_crop(image)
-        boxes = [(0, 0, w, h)] if crop else detect_faces(image)
+        crop = not detect or is_face_crop(image)  # MTCNN (TensorFlow) loads only when needed
+        found = [Face((0, 0, w, h))] if crop else get_detector(detector).detect(image)
         if crop and detect:
             result.note = WHOLE_IMAGE_NOTE
-        if not boxes:
-            result.error = "no face found (use --no-detect if the image is already a face crop)"
-        for box in boxes:
-            result.boxes.append(box)
-            result.crops.append(crop_face(image, None if crop else box))
+        if not found:
+            result.error = "no face found (use --no-detect to classify the whole image)"
+        for face in found:
+            result.boxes.append(face.box)
+            result.crops.append(face_crop(image, None if crop else face))
             faces.append(result.crops[-1])
             owners.append(result)
     for start in range(0, len(faces), batch):
@@ -266,7 +248,8 @@ def run_predict(paths: list[str], url: str | None, grpc_target: str | None, mode
                 detect: bool, as_json: bool, annotate_dir: str | None,
                 timeout: float = 30.0,
                 model_dir: str | Path = BUNDLED_MODEL_BASE,
-                tta: bool = False, explain_dir: str | None = None) -> tuple[str, int]:
+                tta: bool = False, explain_dir: str | None = None,
+                detector: str = DEFAULT_DETECTOR) -> tuple[str, int]:
     """The CLI's work: returns what to print and the exit code (1 if any image failed).
 
     ``grpc_target`` or ``url`` name a server; with neither, ``model_dir`` runs in-process.
@@ -279,7 +262,7 @@ def run_predict(paths: list[str], url: str | None, grpc_target: str | None, mode
         client = RestClient(url, model_name, timeout=timeout)
     else:
         client = local_client(model_dir)
-    results = predict_paths(paths, client, detect, tta)
+    results = predict_paths(paths, client, detect, tta, detector=detector)
     written = explain_results(results, client, Path(explain_dir)) if explain_dir else 0
     if annotate_dir:
         for r in results:

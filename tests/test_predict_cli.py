@@ -12,7 +12,7 @@ import pytest
 from components.deploy import deploy
 from pipeline.cli import main
 from serving.contract import CLASS_NAMES
-from serving.predict import detect_faces
+from serving.faces import DETECTORS, get_detector
 from tests.helpers import real_faces
 
 # Faces that OpenCV's frontal-face cascade finds once enlarged (checked on ../shared/fer2013).
@@ -41,8 +41,9 @@ def group_photo(tmp_path):
     return path
 
 
-def test_detects_every_face_in_a_group_photo(group_photo):
-    boxes = detect_faces(cv2.imread(str(group_photo)))
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detects_every_face_in_a_group_photo(group_photo, detector):
+    boxes = [f.box for f in get_detector(detector).detect(cv2.imread(str(group_photo)))]
     assert len(boxes) == 3
     for k, (x, y, w, h) in enumerate(boxes):  # left to right, each inside its face
         cx, cy = x + w / 2, y + h / 2
@@ -171,10 +172,13 @@ def test_more_faces_than_the_servers_batch_limit_go_in_several_requests(exported
 
 
 def test_help_and_a_rest_predict_never_import_tensorflow(server):
+    """Neither the help texts nor a REST predict of face crops or of a photo through the Haar
+    detector load TensorFlow (MTCNN, the default detector, does: it is a TensorFlow model)."""
     import subprocess
     import sys
 
     face = str(real_faces("test", "happy", 1)[0])
+    photo = str(Path(__file__).parent / "data" / "photos" / "face_recognition_obama.jpg")
     script = f"""
 import contextlib, io, sys
 from pipeline.cli import main
@@ -182,6 +186,8 @@ for argv in ([], ["run"], ["compile"], ["submit"], ["predict"], ["deploy"], ["re
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         main([*argv, "--help"])
 code = main(["predict", {face!r}, "--url", "http://127.0.0.1:{server.rest_port}"])
+code += main(["predict", {photo!r}, "--url", "http://127.0.0.1:{server.rest_port}",
+              "--detector", "haar"])
 heavy = sorted(m for m in ("tensorflow", "keras", "kfp", "sklearn", "pandas") if m in sys.modules)
 print("code", code, "heavy", heavy)
 """
