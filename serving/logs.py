@@ -22,7 +22,9 @@ NOISE = re.compile(
     rb"failed call to cuInit|Could not find cuda drivers|cpu_feature_guard"
     rb"|To enable the following instructions|oneDNN custom operations|absl::InitializeLog"
     rb"|use_unbounded_threadpool|TF-TRT Warning|Unable to register cu(?:DNN|FFT|BLAS) factory"
-    rb"|computation_placer\.cc.*already registered|TFRecordDataset `buffer_size` is unspecified")
+    rb"|computation_placer\.cc.*already registered|TFRecordDataset `buffer_size` is unspecified"
+    # MTCNN's refinement stages on a scale with no candidate boxes (an empty batch):
+    rb"|Local rendezvous is aborting with status: INVALID_ARGUMENT: Incompatible shapes: \[0,")
 
 
 def verbose_requested(flag: bool = False) -> bool:
