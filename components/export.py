@@ -24,6 +24,7 @@ import tensorflow as tf
 from components.dataset import FaceDataset, held_out_split, to_model_input, write_json
 from components.explain import gradcam, gradcam_model
 from components.images import decode_image, jpeg_bytes_and_pixels, png_bytes
+from components.train.calibrate import apply_heads, calibration_heads
 from components.train.models import load_trained
 from components.train.recipe import check_tta
 from components.train.tta import with_tta
@@ -205,6 +206,20 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
                           f"model on Pillow's pixels of them: max |probability difference| "
                           f"{diff:.2e} > {tolerance:.0e}")
     diffs[f"{SIGNATURE_IMAGES} (JPEG)"] = diff
+    # The calibration heads, computed independently: serving_default's probabilities are
+    # softmax((log p - tau log prior) / T) of the network's own p.
+    base, heads = calibration_heads(model)
+    if heads:
+        expected = apply_heads(base.predict(to_model_input(faces), verbose=0), heads)
+        served_p = loaded.signatures[SIGNATURE_PIXELS](
+            **{PIXELS.name: inputs[PIXELS.name]})[PROBABILITIES].numpy()
+        diff = float(np.abs(served_p - expected).max())
+        if diff > tolerance:
+            names = " then ".join(type(h).__name__ for h in heads)
+            raise ExportError(f"{SIGNATURE_PIXELS!r} is not the network's probabilities through "
+                              f"{names}: max |probability difference| {diff:.2e} > "
+                              f"{tolerance:.0e}")
+        diffs["calibration"] = diff
     return diffs
 
 

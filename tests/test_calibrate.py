@@ -159,3 +159,62 @@ def test_training_appends_the_adjustment_and_the_export_serves_it(prepared, tmp_
     assert plain["logit_adjustment"] is None and plain["val_tta"] == "none"
     assert keras.models.load_model(tmp_path / "plain" / MODEL_FILE).layers[-1].name == \
         "predictions"
+
+
+def test_temperature_layer_matches_numpy_keeps_the_top_class_and_survives_saving(tmp_path):
+    from components.train.calibrate import (
+        TemperatureScaling,
+        apply_heads,
+        calibration_heads,
+        scaled_probabilities,
+        with_temperature,
+    )
+
+    probs, _ = prior_biased_classifier(200, FER_PRIOR)
+    layer = TemperatureScaling(1.7)
+    out = keras.ops.convert_to_numpy(layer(probs.astype(np.float32)))
+    np.testing.assert_allclose(out, scaled_probabilities(probs, 1.7), atol=1e-5)
+    assert (out.argmax(1) == probs.argmax(1)).all()
+    assert out.max(1).mean() < probs.max(1).mean()  # T > 1: less sure
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        TemperatureScaling(0.0)
+    net = build_model("baseline_cnn")
+    model = with_temperature(with_prior_adjustment(net, FER_PRIOR, 0.6), 1.7)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    base, heads = calibration_heads(loaded)
+    assert [h.name for h in heads] == ["prior_adjustment", "temperature_scaling"]
+    faces = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(faces, verbose=0),
+                               apply_heads(base.predict(faces, verbose=0), heads), atol=1e-5)
+    # composition: softmax((log p - tau log prior) / T)
+    p = base.predict(faces, verbose=0).astype(np.float64)
+    logits = (np.log(p + 1e-12) - 0.6 * np.log(FER_PRIOR)) / 1.7
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(apply_heads(p, heads), expected / expected.sum(1, keepdims=True),
+                               atol=1e-6)
+    assert calibration_heads(net) == (net, [])
+
+
+def test_training_fits_a_temperature_that_lowers_val_ece_and_the_export_checks_it(prepared,
+                                                                                   tmp_path):
+    from components.uncertainty import expected_calibration_error
+
+    out = tmp_path / "model"
+    summary = train(prepared / "dataset", prepared / "class_weights.json", out,
+                    TrainConfig(epochs=2, batch_size=32, seed=4, class_balance="none",
+                                logit_adjustment=True, temperature_scaling=True, tta="flip"))
+    record = summary["temperature_scaling"]
+    assert record["applied"] and record["temperature"] == record["fitted_temperature"] != 1.0
+    assert record["val_ece_after"] < record["val_ece_before"]
+    model = keras.models.load_model(out / MODEL_FILE)
+    assert [layer.name for layer in model.layers[-2:]] == ["prior_adjustment",
+                                                          "temperature_scaling"]
+    # the ECE the record gives is the served model's on val, recomputed here
+    data = FaceDataset.load(prepared / "dataset")
+    val = data.split(VAL)
+    served_val = model.predict(val.images[..., None].astype(np.float32), verbose=0)
+    assert expected_calibration_error(val.labels, served_val) == pytest.approx(
+        record["val_ece_after"], abs=1e-4)
+    result = export(out, prepared / "dataset", tmp_path / "sm", tta="flip")
+    assert result["max_probability_difference"]["calibration"] < 1e-4

@@ -142,3 +142,88 @@ def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: 
               "val_accuracy_unadjusted": round(plain["accuracy"], 6),
               "val_macro_f1_unadjusted": round(plain["macro_f1"], 6)}
     return with_prior_adjustment(model, prior, tau), served(val_proba, prior, tau), record
+
+
+# --- temperature scaling: probabilities that mean what they say --------------------------
+
+@keras.saving.register_keras_serializable(package="fer")
+class TemperatureScaling(layers.Layer):
+    """[N,K] probabilities -> ``softmax(log p / T)`` (Guo et al., 2017). After a
+    :class:`PriorAdjustment` this is ``softmax((log p - tau log prior) / T)``: the
+    adjustment's normaliser is a constant shift, which the softmax drops. The top class never
+    changes; only how sure the model says it is."""
+
+    def __init__(self, temperature: float, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def call(self, inputs):
+        return ops.softmax(ops.log(inputs + _EPS) / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """``model`` with a :class:`TemperatureScaling` head appended (same name and input)."""
+    outputs = TemperatureScaling(temperature, name="temperature_scaling")(model.output)
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def fit_temperature_scaling(model: keras.Model, val_proba: np.ndarray, val_labels: np.ndarray,
+                            ) -> tuple[keras.Model, dict[str, Any]]:
+    """Fit the temperature on val for what ``model`` serves by default (``val_proba``: its
+    one-pass val probabilities, [N,K]), and append it when it lowers val's expected
+    calibration error. Returns the model (with the head, or unchanged) and the record a
+    summary keeps: the temperature, whether it was applied, val ECE before and after."""
+    from components.uncertainty import expected_calibration_error, fit_temperature
+
+    temperature = fit_temperature(val_labels, val_proba)
+    before = expected_calibration_error(val_labels, val_proba)
+    after = expected_calibration_error(val_labels, scaled_probabilities(val_proba, temperature))
+    applied = after < before
+    record = {"temperature": temperature if applied else 1.0, "fitted_temperature": temperature,
+              "applied": applied, "val_ece_before": round(before, 5),
+              "val_ece_after": round(after if applied else before, 5)}
+    return (with_temperature(model, temperature) if applied else model), record
+
+
+def scaled_probabilities(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """The layer's computation in NumPy: ``softmax(log p / T)`` over the last axis (for [N,K]
+    or [V,N,K])."""
+    scores = np.log(np.asarray(probabilities, np.float64) + _EPS) / temperature
+    scores -= scores.max(axis=-1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def calibration_heads(model: keras.Model) -> tuple[keras.Model, list[layers.Layer]]:
+    """The network under ``model``'s calibration heads (its plain probabilities) and the
+    heads on top of it, in order: its trailing :class:`PriorAdjustment` and
+    :class:`TemperatureScaling` layers. No heads: ``(model, [])``."""
+    heads: list[layers.Layer] = []
+    for layer in reversed(model.layers):
+        if not isinstance(layer, (PriorAdjustment, TemperatureScaling)):
+            break
+        heads.insert(0, layer)
+    if not heads:
+        return model, []
+    return keras.Model(model.inputs, heads[0].input, name=f"{model.name}_plain"), heads
+
+
+def apply_heads(probabilities: np.ndarray, heads: Sequence[layers.Layer]) -> np.ndarray:
+    """What ``heads`` (:func:`calibration_heads`) make of plain probabilities, in NumPy:
+    ``softmax((log p - tau log prior) / T)``."""
+    out = np.asarray(probabilities, np.float64)
+    for head in heads:
+        if isinstance(head, PriorAdjustment):
+            out = adjust(out, np.asarray(head.prior), head.tau)
+        else:
+            out = scaled_probabilities(out, head.temperature)
+    return out

@@ -35,7 +35,13 @@ from components.dataset import (
 from components.distill import distillation_targets, load_teacher
 from components.report import plot_history
 from components.train.augment import augmentation_from_preset, with_augmentation
-from components.train.calibrate import fit_prior_adjustment, val_scores
+from components.train.calibrate import (
+    adjust,
+    fit_prior_adjustment,
+    fit_temperature_scaling,
+    scaled_probabilities,
+    val_scores,
+)
 from components.train.data import training_batches
 from components.train.fit import distribution_strategy, dtype_policy, fit_phases
 from components.train.models import build_model, freeze_base, load_initial_weights
@@ -157,6 +163,15 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
     if config.logit_adjustment:
         model, val_proba, adjustment = fit_prior_adjustment(model, val_views, val_set.labels,
                                                             train_set.labels)
+    calibration = None
+    if config.temperature_scaling:
+        # Fitted on what serving_default serves: one pass (view 0), adjusted. A TTA graph
+        # then averages the calibrated views, and val is scored on that.
+        views = (adjust(val_views, np.asarray(adjustment["prior"]), adjustment["tau"])
+                 if adjustment else val_views)
+        model, calibration = fit_temperature_scaling(model, views[0], val_set.labels)
+        if calibration["applied"]:
+            val_proba = scaled_probabilities(views, calibration["temperature"]).mean(axis=0)
     model.save(output_dir / MODEL_FILE)
     epochs_run, epoch_seconds = len(history.get("loss", [])), history.get("epoch_seconds", [])
     summary = {
@@ -174,11 +189,17 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
         **val_scores(val_set.labels, val_proba),
         "val_tta": config.tta,
         "logit_adjustment": adjustment,
+        "temperature_scaling": calibration,
         "distillation": distillation,
     }
     if adjustment:
         print(f"[train] logit adjustment: tau {adjustment['tau']:.2f} (val macro F1 "
               f"{adjustment['val_macro_f1_unadjusted']:.4f} -> {summary['val_macro_f1']:.4f})",
+              flush=True)
+    if calibration:
+        print(f"[train] temperature scaling: T {calibration['fitted_temperature']:.2f}, val ECE "
+              f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}"
+              f"{'' if calibration['applied'] else ' (not applied: it did not lower it)'}",
               flush=True)
     write_json(output_dir / "history.json", history)
     plot_history(history, output_dir / "training_curves.png", config.architecture)
