@@ -1,3 +1,6 @@
+# Length: writing, self-checking (every signature against the Keras model, JPEG bytes
+# against Pillow's pixels, the calibration heads recomputed) and warming the SavedModel are
+# one guarantee: what is emitted serves what was trained.
 """Export: a self-verified SavedModel that TensorFlow Serving loads.
 
 The signatures, their inputs and outputs are those :mod:`serving.contract` declares

@@ -100,6 +100,7 @@ class Comparison:
     faces: int
 
     def describe(self) -> str:
+        """One line: the difference, its interval, the win probability and the verdict."""
         return (f"paired on {self.faces:,} faces: macro F1 {self.difference:+.4f} "
                 f"(95% interval {self.difference_interval[0]:+.4f} to "
                 f"{self.difference_interval[1]:+.4f}), P(candidate better) "

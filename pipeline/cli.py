@@ -1,4 +1,4 @@
-# Length: the argument parsers of seven commands, each flag with its help text; what the
+# Length: the argument parsers of eight commands, each flag with its help text; what the
 # commands do lives in the modules they call (pipeline.*, serving.predict).
 """``fer-pipeline``: the project's one command line entry point.
 
@@ -10,6 +10,7 @@ Subcommands:
   predict  emotions of the faces in photos: in-process, or from a server (REST or gRPC)
   deploy   evaluate, gate, export and deploy models that runs trained (several: an ensemble)
   release  make a deployed version the package's bundled model
+  web      the web page for people, in front of a TF Serving REST endpoint
 """
 
 from __future__ import annotations
@@ -151,13 +152,41 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from serving.predict import run_predict
+    from serving.video import VideoOptions, is_video, make_client, run_videos
 
-    text, code = run_predict(args.images, args.url, args.grpc, args.model_name,
-                             not args.no_detect, args.json, args.annotate, args.timeout,
-                             args.model_dir, args.tta, args.explain, args.detector)
-    print(text)
+    videos = [p for p in args.images if is_video(p)]
+    photos = [p for p in args.images if not is_video(p)]
+    if videos and (args.no_detect or args.explain):
+        raise ValueError("--no-detect and --explain are for photos, not videos")
+    texts, code, found = [], 0, []
+    if photos:
+        from serving.predict import run_predict
+
+        text, code = run_predict(photos, args.url, args.grpc, args.model_name,
+                                 not args.no_detect, args.json, args.annotate, args.timeout,
+                                 args.model_dir, args.tta, args.explain, args.detector)
+        found, texts = (json.loads(text), []) if args.json else ([], [text])
+    if videos:
+        options = VideoOptions(args.stride, args.detect_every, args.smoothing,
+                               detector=args.detector, tta=args.tta)
+        text, video_code, summaries = run_videos(
+            videos, lambda: make_client(args.url, args.grpc, args.model_name, args.timeout,
+                                        args.model_dir),
+            options, args.output, args.json, progress=True, verbose=args.verbose,
+            log=sys.stderr)
+        found += summaries
+        texts.append(text)
+        code = max(code, video_code)
+    print(json.dumps(found, indent=2) if args.json else "\n".join(texts))
     return code
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    from serving.limits import Limits
+    from serving.web.app import run_web
+
+    limits = Limits(max_image_pixels=args.max_image_pixels, max_body_bytes=args.max_body_bytes)
+    return run_web(args.url, args.model_name, args.host, args.port, limits, args.timeout)
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
@@ -398,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "whole, and the output says so.")
     pred.add_argument("images", nargs="+", metavar="IMAGE",
                       help="image files, folders (searched recursively for images) or globs "
-                           "(quote them: 'photos/*.jpg')")
+                           "(quote them: 'photos/*.jpg'); or videos (see below)")
     where = pred.add_mutually_exclusive_group()
     where.add_argument("--url", help="a TF Serving REST endpoint, e.g. http://127.0.0.1:8501")
     where.add_argument("--grpc", metavar="HOST:PORT", help="a TF Serving gRPC endpoint")
@@ -423,6 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the photos here")
     pred.add_argument("--timeout", type=float, default=30.0,
                       help="seconds to wait for a server's answer (default: %(default)s)")
+    from serving.video import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTHING
+
+    video = pred.add_argument_group(
+        "videos", "a file named .mp4 .avi .mov .mkv .webm .m4v .mpg .mpeg or .wmv is a video: "
+        "its faces are tracked across frames, and an annotated video, a CSV and a JSON (a row "
+        "per analysed frame per face track) and a timeline PNG per track are written")
+    video.add_argument("--output", metavar="DIR",
+                       help="where a video's outputs go (default: <video name>_emotions)")
+    video.add_argument("--stride", type=int, default=1, metavar="N",
+                       help="analyse every Nth frame (default: %(default)s)")
+    video.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="N",
+                       help="run the face detector on every Nth analysed frame and follow the "
+                            "faces in between (every analysed frame is classified) "
+                            "(default: %(default)s)")
+    video.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING, metavar="S",
+                       help="each track's moving average of probabilities: weight of the past, "
+                            "0 to under 1; 0 is none (default: %(default)s)")
     pred.set_defaults(func=_cmd_predict)
 
     from components.train.recipe import TTA_MODES
@@ -461,6 +507,34 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--notes", type=Path, help="Markdown appended to the model card")
     rel.add_argument("--dest", default=str(BUNDLED_MODEL_BASE), help="model base to release into")
     rel.set_defaults(func=_cmd_release)
+
+    from serving.limits import Limits
+
+    web = sub.add_parser("web", parents=[common], help="the web page, in front of a TF Serving "
+                         "REST endpoint", description="Serve the web page (the one fer-serve "
+                         "shows at /) in front of any TF Serving REST endpoint: a person "
+                         "chooses, drops or pastes a photo or uses the webcam and sees each "
+                         "face's emotion and probabilities (and, when the model has the "
+                         "explain signature, where it looked). Faces are found here and sent "
+                         "to the model in one predict request.")
+    web.add_argument("--url", required=True,
+                     help="the TF Serving REST endpoint, e.g. http://127.0.0.1:8501")
+    web.add_argument("--model-name", default="fer",
+                     help="the served model's name (default: %(default)s)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address the page listens on (default: %(default)s; 0.0.0.0 for "
+                          "every interface: the webcam then needs https or localhost)")
+    web.add_argument("--port", type=int, default=8080,
+                     help="port the page listens on (default: %(default)s)")
+    web.add_argument("--max-image-pixels", type=int, default=Limits().max_image_pixels,
+                     metavar="N", help="refuse images of more pixels, read from their header "
+                     "before decoding (default: %(default)s)")
+    web.add_argument("--max-body-bytes", type=int, default=Limits().max_body_bytes,
+                     metavar="N", help="refuse larger uploads (default: %(default)s)")
+    web.add_argument("--timeout", type=float, default=30.0,
+                     help="seconds to wait for the model server's answer (default: "
+                          "%(default)s)")
+    web.set_defaults(func=_cmd_web)
     return parser
 
 

@@ -54,6 +54,8 @@ class Face:
 
 
 class Detector(Protocol):
+    """What a face detector offers: its name and :meth:`detect`."""
+
     name: str
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -73,6 +75,7 @@ class HaarDetector:
         self._lock = threading.Lock()  # a CascadeClassifier is not safe across threads
 
     def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces of a BGR (or gray) uint8 image, left to right; no landmarks."""
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
         with self._lock:
             boxes = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
@@ -95,6 +98,8 @@ class MtcnnDetector:
         self._lock = threading.Lock()
 
     def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces of a BGR (or gray) uint8 image with at least :attr:`min_confidence`, left
+        to right, each with its five landmarks."""
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else \
             cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         with self._lock:

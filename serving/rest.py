@@ -35,6 +35,7 @@ from serving.limits import (
 from serving.model_store import LoadedVersion, ModelStore
 from serving.telemetry import METRICS_PATH, Telemetry
 from serving.v2 import v2_routes
+from serving.web.app import PageBackend, web_routes
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,11 @@ def batch_size(inputs: dict[str, Any]) -> int:
 
 def create_app(stores: dict[str, ModelStore], limits: Limits | None = None,
                gate: InferenceGate | None = None, telemetry: Telemetry | None = None,
-               ) -> Starlette:
+               web: PageBackend | None = None) -> Starlette:
     """The Starlette app over ``stores`` (model name -> store): TF Serving's REST routes
     (status, metadata, predict), the Open Inference Protocol's (:mod:`serving.v2`) and the
     Prometheus metrics; requests held to ``limits``, inferences through ``gate``, counted
-    by ``telemetry``."""
+    by ``telemetry``; with ``web``, the web page at ``/`` (:mod:`serving.web`)."""
     limits = limits or Limits()
     handling = Handling(limits, gate or InferenceGate(limits), telemetry or Telemetry())
 
@@ -204,6 +205,8 @@ def create_app(stores: dict[str, ModelStore], limits: Limits | None = None,
         ]
     routes.append(Route(METRICS_PATH, metrics, methods=["GET"]))
     routes += v2_routes(stores, handling)
+    if web is not None:  # --- the web page (serving.web): it calls the routes above ---
+        routes += web_routes(web)
     app = Starlette(routes=routes, exception_handlers={
         ServingError: serving_error, HTTPException: http_error, Exception: internal_error})
     app.router.redirect_slashes = False  # a redirect would be built from the client's Host

@@ -7,7 +7,8 @@ directories the pipeline deploys. Flags are named like tensorflow_model_server's
 
 Both APIs listen on 127.0.0.1 unless --rest_api_host names another address (0.0.0.0 for
 every interface). The limits hold for both APIs. Metrics: GET /monitoring/prometheus/metrics;
-KServe V2 (Open Inference Protocol) routes under /v2. Quiet by default: --verbose (or
+KServe V2 (Open Inference Protocol) routes under /v2. The web page for people is at / on the
+REST port (--no_web_page turns it off). Quiet by default: --verbose (or
 FER_VERBOSE=1) shows TensorFlow's own log lines.
 """
 
@@ -108,10 +109,12 @@ class LocalServer:
 
     def __init__(self, stores: dict[str, ModelStore], host: str = "127.0.0.1",
                  rest_port: int = 8501, grpc_port: int = 8500,
-                 limits: Limits | None = None, request_log: str | None = None):
+                 limits: Limits | None = None, request_log: str | None = None,
+                 web_page: bool = True):
         from serving.grpc_service import create_grpc_server
         from serving.rest import create_app
         from serving.telemetry import Telemetry
+        from serving.web.app import ModelLink, PageBackend
 
         self.stores = stores
         self.host = host
@@ -124,7 +127,13 @@ class LocalServer:
             stores, f"{host}:{grpc_port}", self.limits, gate, self.telemetry)
         timeout = self.limits.rest_api_timeout_in_ms / 1000
         protocol = type("Protocol", (_DeadlineProtocol,), {"head_timeout": timeout})
-        config = uvicorn.Config(create_app(stores, self.limits, gate, self.telemetry),
+        # The web page's backend calls this server's REST API over loopback (its URL is
+        # set once REST listens), for the first model; it holds no inference slot.
+        self.web = (PageBackend(ModelLink(None, next(iter(stores))), self.limits,
+                                self.limits.max_concurrent_inferences,
+                                max(5.0, 2 * self.limits.queue_timeout_in_ms / 1000))
+                    if web_page and stores else None)
+        config = uvicorn.Config(create_app(stores, self.limits, gate, self.telemetry, self.web),
                                 host=host, port=rest_port, log_level="warning",
                                 access_log=False, timeout_keep_alive=int(max(1, timeout)),
                                 http=protocol,  # httptools' C parser, with a head deadline
@@ -145,10 +154,22 @@ class LocalServer:
             if not self._rest_thread.is_alive():
                 raise OSError(f"REST server failed to start on {self.host}:{self.rest_port}")
             self._rest_thread.join(0.05)
+        if self.web is not None:
+            self.web.link.url = self.rest_url()
         log.info("serving %s: REST on %s:%d, gRPC on %s:%d",
                  ", ".join(f"{n} versions {s.served_versions}" for n, s in self.stores.items()),
                  self.host, self.rest_port, self.host, self.grpc_port)
         return self
+
+    def rest_url(self) -> str:
+        """The REST API's URL on this machine (loopback when it listens on every interface),
+        at the port it listens on."""
+        port = self.rest_port
+        for server in getattr(self.rest, "servers", []):
+            for sock in server.sockets or []:
+                port = sock.getsockname()[1]
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def stop(self) -> None:
         """Stop the REST and gRPC servers, then the model stores (their pollers and download
@@ -189,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show TensorFlow's own log lines too (also FER_VERBOSE=1)")
     p.add_argument("--request_log_file", help="append one JSON line per predict request "
                    "(time, model, version, signature, status, latency, batch size; no pixels)")
+    p.add_argument("--no_web_page", action="store_true",
+                   help="do not serve the web page at / on the REST port (it is served by "
+                        "default, for the first model; it calls the REST API)")
     limits = p.add_argument_group("limits (both APIs)")
     for f in dataclasses.fields(Limits):
         limits.add_argument(f"--{f.name}", type=int, default=f.default,
@@ -230,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: done.set())
         limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
         server = LocalServer(stores, args.rest_api_host, args.rest_api_port, args.port,
-                             limits, args.request_log_file).start()
+                             limits, args.request_log_file,
+                             web_page=not args.no_web_page).start()
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -153,7 +153,7 @@ def test_decompression_bombs_are_refused_from_their_header(server):
 
 
 def test_redirects_never_use_the_clients_host_and_the_default_bind_is_loopback(server):
-    r = requests.get(url(server, "/"), headers={"Host": "evil.example"}, timeout=10,
+    r = requests.get(url(server, "/v1/models/fer/"), headers={"Host": "evil.example"}, timeout=10,
                      allow_redirects=False)
     assert r.status_code == 404 and "location" not in r.headers
     assert build_parser().parse_args([]).rest_api_host == "127.0.0.1"
