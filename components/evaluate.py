@@ -33,6 +33,11 @@ from components.dataset import (
     write_json,
 )
 from components.deploy import find_champion
+from components.explanation_report import (
+    evaluation_page,
+    explain_evaluation,
+    format_explanations,
+)
 from components.latency import measure_candidate
 from components.train.models import load_trained
 from components.train.recipe import check_tta
@@ -50,6 +55,7 @@ from serving.contract import (
 LATENCY_FACES = 64  # real held-out faces the candidate's cost is measured on
 
 CONFUSION_PNG = "confusion_matrix.png"
+REPORT_HTML = "report.html"  # the page for people: text, confusion, explanations
 LABELS = list(range(NUM_CLASSES))
 
 
@@ -164,7 +170,10 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
     (``"latency"``: p50 and batch-64 images/s per pixel signature); ``max_latency_ms``
     (needs it): the gate's budget for ``serving_default``'s p50, 0 for none.
 
-    Writes ``metrics.json`` (metrics + decision) and ``confusion_matrix.png``; returns the
+    Writes ``metrics.json`` (metrics + decision), ``confusion_matrix.png``, the Grad-CAM
+    explanations (:mod:`components.explanation_report`: per-class mean heatmaps and the
+    most confident mistakes, under ``explanations/``; their record under
+    ``"explanations"``) and ``report.html``, the page that shows them all; returns the
     metrics with the decision under ``"gate"``.
     """
     check_tta(tta)
@@ -176,7 +185,8 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
         raise DataError(f"{dataset_dir}: no test or val items to evaluate on")
     model = load_trained(model_dir)
     tta_model = None if tta == "none" else with_tta(model, tta)
-    y_pred = predict_proba(model, held_out.images).argmax(axis=1)
+    probabilities = predict_proba(model, held_out.images)
+    y_pred = probabilities.argmax(axis=1)
     metrics = classification_metrics(held_out.labels, y_pred)
     metrics["split"] = split
     metrics["tta"] = tta
@@ -201,7 +211,13 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
     plot_confusion(metrics["confusion_matrix"], output_dir / CONFUSION_PNG,
                    f"Confusion on {split} ({len(held_out):,} faces), macro F1 "
                    f"{metrics['macro_f1']:.3f}")
+    metrics["explanations"] = explain_evaluation(model, held_out.images, held_out.labels,
+                                                 probabilities, metrics["most_confused"],
+                                                 output_dir)
     write_json(output_dir / METRICS_FILE, metrics)
+    (output_dir / REPORT_HTML).write_text(evaluation_page(
+        "Evaluation", format_evaluation(metrics), [output_dir / CONFUSION_PNG],
+        metrics["explanations"], output_dir))
     return metrics
 
 
@@ -250,6 +266,8 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
                      f"{base['accuracy']:.4f}, macro F1 {base['macro_f1']:.4f}; the model "
                      f"{metrics['accuracy'] - base['accuracy']:+.4f} accuracy, "
                      f"{metrics['macro_f1'] - base['macro_f1']:+.4f} macro F1")
+    if "explanations" in metrics:
+        lines.append(format_explanations(metrics["explanations"]))
     gate_ = metrics["gate"]
     lines.append(f"gate: {'PASSED' if gate_['passed'] else 'BLOCKED'}: {gate_['reason']}")
     return "\n".join(lines)

@@ -136,13 +136,13 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
                 report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
     """Held-out metrics (one pass, and the TTA signatures' when the recipe has them), the
     candidate's serving cost, and the gate against the threshold, the latency budget and
-    the deployed champion."""
+    the deployed champion; the report shows them with the Grad-CAM explanations."""
     import json
+    import shutil
     from collections import namedtuple
     from pathlib import Path
 
-    from components.evaluate import CONFUSION_PNG, evaluate_candidate, format_evaluation
-    from components.report import html_page
+    from components.evaluate import REPORT_HTML, evaluate_candidate, format_evaluation
     from components.train.recipe import TrainConfig
     from serving.contract import CLASS_NAMES
 
@@ -163,8 +163,7 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
     confusion.log_confusion_matrix(list(CLASS_NAMES), result["confusion_matrix"])
     text = format_evaluation(result)
     print(text)
-    Path(report.path).write_text(html_page("Evaluation", text,
-                                           [Path(evaluation.path) / CONFUSION_PNG]))
+    shutil.copyfile(Path(evaluation.path) / REPORT_HTML, report.path)
     outputs = namedtuple("Outputs", ["passed", "decision"])
     return outputs(result["gate"]["passed"], json.dumps(result["gate"]))
 
