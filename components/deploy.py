@@ -64,6 +64,9 @@ class _Local:
         path = self.base / str(version) / rel
         return path.read_text() if path.is_file() else None
 
+    def fetch(self, version: int, dest: Path) -> Path:
+        return self.base / str(version)  # already on this machine
+
     def publish(self, source: Path, version: int, record: dict[str, Any]) -> str:
         self.base.mkdir(parents=True, exist_ok=True)
         staging = self.base / f".staging-{version}-{uuid.uuid4().hex[:8]}"
@@ -97,6 +100,16 @@ class _GCS:
         except NotFound:
             return None
 
+    def fetch(self, version: int, dest: Path) -> Path:
+        prefix = f"{self.prefix}{version}/"
+        for blob in self.bucket.list_blobs(prefix=prefix):
+            if blob.name.endswith("/"):
+                continue
+            path = dest / blob.name[len(prefix):]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(path))
+        return dest
+
     def publish(self, source: Path, version: int, record: dict[str, Any]) -> str:
         if self.bucket.blob(f"{self.prefix}{version}/{LAST_FILE}").exists():
             raise FileExistsError(f"{self.uri}{version} already exists")
@@ -129,6 +142,18 @@ def find_champion(serving_base: str, model_name: str) -> dict[str, Any] | None:
     metrics = json.loads(raw) if raw else {}
     return {"version": version, "macro_f1": float(metrics.get("macro_f1", 0.0)),
             "metrics": metrics}
+
+
+def fetch_version(serving_base: str, model_name: str, version: int, dest: str | Path) -> Path:
+    """A local directory holding deployed ``version`` of ``model_name``: the version itself
+    on a local serving base, a copy downloaded into ``dest`` from a ``gs://`` one."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = _target(serving_base, model_name).fetch(version, dest)
+    if not (path / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"version {version} of {model_name!r} under {serving_base} has "
+                                f"no saved_model.pb")
+    return path
 
 
 def deploy(saved_model_dir: str | Path, serving_base: str, model_name: str,

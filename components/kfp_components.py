@@ -131,12 +131,14 @@ def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str, model_name: str,
                 f1_threshold: float, min_improvement: float, max_latency_ms: float,
+                min_win_probability: float,
                 recipe: dict, classic_baseline: bool, evaluation: Output[Artifact],
                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                 report: Output[HTML]) -> NamedTuple("Outputs", passed=bool, decision=str):
     """Held-out metrics (one pass, and the TTA signatures' when the recipe has them), the
-    candidate's serving cost, and the gate against the threshold, the latency budget and
-    the deployed champion; the report shows them with the Grad-CAM explanations."""
+    candidate's serving cost, bootstrap intervals, calibration, and the gate against the
+    threshold, the latency budget and the deployed champion (run on the same faces, paired);
+    the report shows them with the Grad-CAM explanations."""
     import json
     import shutil
     from collections import namedtuple
@@ -149,9 +151,19 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
     result = evaluate_candidate(model.path, dataset.path, evaluation.path, serving_base,
                                 model_name, f1_threshold, min_improvement,
                                 TrainConfig.from_dict(recipe).tta, classic_baseline,
-                                max_latency_ms)
+                                max_latency_ms, min_win_probability)
     for key in ("accuracy", "macro_f1", "weighted_f1"):
         metrics.log_metric(key, result[key])
+    for key in ("accuracy", "macro_f1"):  # the bootstrap 95% interval
+        low, high = result["intervals"][key]
+        metrics.log_metric(f"{key}_ci95_low", low)
+        metrics.log_metric(f"{key}_ci95_high", high)
+    metrics.log_metric("expected_calibration_error", result["calibration"]["ece"])
+    if "before" in result["calibration"]:
+        metrics.log_metric("expected_calibration_error_before_temperature",
+                           result["calibration"]["before"]["ece"])
+    if result["gate"]["win_probability"] is not None:
+        metrics.log_metric("win_probability_vs_champion", result["gate"]["win_probability"])
     for key, value in result.get("tta_metrics", {}).items():
         if isinstance(value, float):
             metrics.log_metric(f"tta_{key}", value)

@@ -90,7 +90,8 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
     params = profile_parameters(
         args.profile, recipe, source=args.source, serving_base=args.serving_base,
         model_name=args.model_name, architectures=archs, f1_threshold=args.f1_threshold,
-        min_improvement=args.min_improvement, max_latency_ms=args.max_latency_ms, seed=args.seed,
+        min_improvement=args.min_improvement, max_latency_ms=args.max_latency_ms,
+        min_win_probability=args.min_win_probability, seed=args.seed,
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
         model_options=args.model_options, classic_baseline=args.classic_baseline,
         teacher=args.teacher,
@@ -206,7 +207,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     result = evaluate_and_deploy(args.models, args.dataset, args.out, args.serving_base,
                                  args.model_name, args.tta, args.logit_adjustment,
                                  args.f1_threshold, args.min_improvement,
-                                 args.classic_baseline, args.max_latency_ms)
+                                 args.classic_baseline, args.max_latency_ms,
+                                 args.min_win_probability)
     deployed = result["deployment"]
     if deployed is None:
         print(f"not deployed: {result['evaluation']['gate']['reason']}")
@@ -285,6 +287,10 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--max-latency-ms", type=float, metavar="MS",
                    help="latency budget: block a candidate whose single-face p50, measured "
                         "in-process as exported, is over it (0: no budget)")
+    p.add_argument("--min-win-probability", type=float, metavar="P",
+                   help="require the candidate to beat the deployed champion with at least "
+                        "this probability (paired bootstrap on the same faces; 0: not "
+                        "required)")
     p.add_argument("--seed", type=int, default=42,
                    help="seeds the splits, sampling and training (default: %(default)s)")
     p.add_argument("--max-train-per-class", type=int, metavar="N",
@@ -494,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--min-improvement", type=float, default=0.0)
     dep.add_argument("--max-latency-ms", type=float, default=0.0, metavar="MS",
                      help="latency budget for the single-face p50 (default: 0, none)")
+    dep.add_argument("--min-win-probability", type=float, default=0.0, metavar="P",
+                     help="probability of beating the champion, paired on the same faces, "
+                          "the gate requires (default: 0, not required)")
     dep.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
                      default=False, help="also fit HOG + linear SVM and report it beside "
                      "the model (the model card quotes it)")

@@ -26,7 +26,8 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
                         logit_adjustment: bool = True, f1_threshold: float = 0.0,
                         min_improvement: float = 0.0,
                         classic_baseline: bool = False,
-                        max_latency_ms: float = 0.0) -> dict[str, Any]:
+                        max_latency_ms: float = 0.0,
+                        min_win_probability: float = 0.0) -> dict[str, Any]:
     """Evaluate the model in ``model_dirs`` (several: their ensemble, built in
     ``work_dir/model``) on the held-out split against the champion deployed under
     ``serving_base``; when the gate passes, export it to ``work_dir/saved_model`` and deploy
@@ -34,7 +35,8 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
     chosen for ``tta``): a single model keeps what it was trained with.
     ``classic_baseline``: also fit HOG + linear SVM and report it beside the model, as the
     pipeline's parameter of that name does. ``max_latency_ms``: the gate's latency budget
-    (0: none)."""
+    (0: none); ``min_win_probability``: the probability of beating the champion (paired, on
+    the same faces) the gate requires (0: none)."""
     if not model_dirs:
         raise ValueError("no trained model given")
     require_trained(model_dirs)
@@ -46,7 +48,7 @@ def evaluate_and_deploy(model_dirs: list[str], dataset_dir: str, work_dir: str |
         summary = ensemble(model_dirs, dataset_dir, model_dir, logit_adjustment, tta)
     metrics = evaluate_candidate(model_dir, dataset_dir, work_dir / "evaluation", serving_base,
                                  model_name, f1_threshold, min_improvement, tta,
-                                 classic_baseline, max_latency_ms)
+                                 classic_baseline, max_latency_ms, min_win_probability)
     print(format_evaluation(metrics), flush=True)
     result = {"ensemble": summary, "evaluation": metrics, "deployment": None}
     if metrics["gate"]["passed"]:

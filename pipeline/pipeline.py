@@ -83,6 +83,7 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         f1_threshold: float = 0.5,
         min_improvement: float = 0.01,
         max_latency_ms: float = 0.0,
+        min_win_probability: float = 0.0,
         model_name: str = "fer",
         seed: int = 42,
         data_format: str = "auto",
@@ -129,7 +130,8 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         evaluation = configure(evaluate_op(
             model=best.outputs["best"], dataset=prep.outputs["splits"],
             serving_base=serving_base, model_name=model_name, f1_threshold=f1_threshold,
-            min_improvement=min_improvement, max_latency_ms=max_latency_ms, recipe=recipe,
+            min_improvement=min_improvement, max_latency_ms=max_latency_ms,
+            min_win_probability=min_win_probability, recipe=recipe,
             classic_baseline=classic_baseline),
         cache=False)
 

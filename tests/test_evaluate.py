@@ -124,3 +124,73 @@ def test_evaluate_falls_back_to_val(trained_model, prepared, tmp_path):
     m = evaluate(trained_model, tmp_path / "noTest", tmp_path / "out", 1.0, 0.0)
     assert m["split"] == "val"
     assert not m["gate"]["passed"]
+
+
+# --- uncertainty: intervals, the paired gate, calibration ---------------------------------
+
+def _comparison(win: float, champion_f1: float = 0.5, candidate_f1: float = 0.52):
+    from components.uncertainty import Comparison
+
+    verdict = "better" if win >= 0.95 else "worse" if win <= 0.05 else "not significant"
+    return Comparison(candidate_f1, champion_f1, candidate_f1 - champion_f1, [-0.01, 0.05],
+                      win, verdict, 1000, 3589)
+
+
+def test_a_required_win_probability_pair():
+    champion = {"version": 3, "macro_f1": 0.9}  # recorded; the paired figure replaces it
+    sure = gate(0.52, 0.4, champion, 0.01, comparison=_comparison(0.97), min_win_probability=0.95)
+    assert sure.passed and sure.champion_source == "same faces"
+    assert sure.champion_macro_f1 == 0.5 and "P(candidate better) 0.970: better" in sure.reason
+    unsure = gate(0.52, 0.4, champion, 0.01, comparison=_comparison(0.80),
+                  min_win_probability=0.95)
+    assert not unsure.passed
+    assert "the probability that it is better, 0.800, is below the required 0.95" in unsure.reason
+    # off by default: today's rule alone
+    assert gate(0.52, 0.4, champion, 0.01, comparison=_comparison(0.80)).passed
+    recorded = gate(0.95, 0.4, champion, 0.01, min_win_probability=0.95)
+    assert not recorded.passed and "could not be run on the same faces" in recorded.reason
+    with pytest.raises(ValueError, match="min_win_probability"):
+        gate(0.5, 0.4, None, 0.0, min_win_probability=1.0)
+
+
+def test_the_champion_is_run_on_the_same_faces_from_its_deployed_saved_model(
+        trained_model, exported_model, prepared, tmp_path):
+    """The champion deployed is the candidate itself (its export): on the same faces the
+    paired comparison finds them equal, not significantly different; its recorded figure
+    (set false here) is not used; a required win probability then blocks."""
+    from components.deploy import deploy
+    from components.evaluate import evaluate_candidate
+
+    serving = tmp_path / "serving"
+    deploy(exported_model, str(serving), "fer")
+    record = serving / "fer" / "1" / "assets.extra" / "metrics.json"
+    metrics = json.loads(record.read_text())
+    record.write_text(json.dumps({**metrics, "macro_f1": 0.0}))
+    m = evaluate_candidate(trained_model, prepared / "dataset", tmp_path / "e", str(serving),
+                           "fer", 0.0, 0.0)
+    comparison = m["champion_comparison"]
+    assert comparison["verdict"] == "not significant" and comparison["win_probability"] == 0.5
+    assert comparison["faces"] == m["items"]
+    assert m["gate"]["champion_source"] == "same faces"
+    assert m["gate"]["champion_macro_f1"] == pytest.approx(m["macro_f1"], abs=1e-9)
+    assert m["gate"]["passed"]  # equal, and no win probability required
+    blocked = evaluate_candidate(trained_model, prepared / "dataset", tmp_path / "b",
+                                 str(serving), "fer", 0.0, 0.0, min_win_probability=0.9)
+    assert not blocked["gate"]["passed"]
+    assert "is below the required 0.9" in blocked["gate"]["reason"]
+    assert "paired on 70 faces" in format_evaluation(blocked)
+
+
+def test_the_evaluation_reports_intervals_and_calibration(trained_model, prepared, tmp_path):
+    m = evaluate(trained_model, prepared / "dataset", tmp_path, 0.0, 0.0, measure_latency=False)
+    ci = m["intervals"]
+    assert ci["resamples"] == 1000 and ci["accuracy"][0] <= m["accuracy"] <= ci["accuracy"][1]
+    assert ci["macro_f1"][0] <= m["macro_f1"] <= ci["macro_f1"][1]
+    assert set(ci["per_class_f1"]) == set(m["per_class"])
+    cal = m["calibration"]
+    assert 0 <= cal["ece"] <= 1 and sum(cal["after"]["count"]) == m["items"]
+    with Image.open(tmp_path / "reliability_diagram.png") as img:
+        assert img.format == "PNG"
+    text = format_evaluation(m)
+    assert "95% intervals (1,000 bootstrap resamples)" in text
+    assert "expected calibration error" in text
