@@ -51,7 +51,11 @@ from components.explanation_report import (
     format_explanations,
 )
 from components.latency import measure_candidate
-from components.train.calibrate import TemperatureScaling, apply_heads, calibration_heads
+from components.train.calibrate import (
+    TemperatureScaling,
+    apply_heads,
+    calibration_heads,
+)
 from components.train.models import load_trained
 from components.train.recipe import check_tta
 from components.train.train import predict_proba
