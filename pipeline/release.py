@@ -136,10 +136,19 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
+    ci = metrics.get("intervals")
+    if ci:
+        lines[-3:-3] = [f"95% intervals ({ci['resamples']:,} bootstrap resamples of the faces): "
+                        f"accuracy {ci['accuracy'][0]:.4f} to {ci['accuracy'][1]:.4f}, macro F1 "
+                        f"{ci['macro_f1'][0]:.4f} to {ci['macro_f1'][1]:.4f}.", ""]
+        lines[-2] = "| class | precision | recall | F1 | F1 95% interval | support |"
+        lines[-1] = "|---|---:|---:|---:|---:|---:|"
     for name in CLASS_NAMES:
         c = metrics["per_class"][name]
-        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
-                     f"{c['support']} |")
+        band = (f" {ci['per_class_f1'][name][0]:.3f} to {ci['per_class_f1'][name][1]:.3f} |"
+                if ci else "")
+        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} |"
+                     f"{band} {c['support']} |")
     if metrics.get("most_confused"):
         lines += ["", "Most confused (true -> predicted, share of the true class): " + "; ".join(
             f"{m['true']} -> {m['predicted']} {m['share_of_true']:.0%}"
@@ -148,6 +157,13 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         t = metrics["tta_metrics"]
         lines += ["", f"With test-time augmentation `{tta}` (`{SIGNATURE_PIXELS_TTA}`): accuracy "
                       f"{t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}."]
+    cal = metrics.get("calibration")
+    if cal:
+        before = (f"; {cal['before']['ece']:.4f} without the temperature scaling "
+                  f"(T = {cal['temperature']:.2f}, fitted on validation) built into the graph"
+                  if "before" in cal else "; no temperature scaling")
+        lines += ["", f"Calibration: expected calibration error of the served probabilities on "
+                      f"`{split}` {cal['ece']:.4f}{before}."]
     if metrics.get("latency"):
         lines += ["", "## Cost", "", "Measured in-process at evaluation, on the machine that "
                   "ran it, after warm-up:", ""]

@@ -210,3 +210,16 @@ def test_card_names_teacher_and_student_and_the_cost(evaluated_export):
     assert "one pass of the network in `serving_default`" in card
     assert "With test-time augmentation `crops` (`serving_tta`): accuracy 0.6900" in card
     assert "- `serving_default`: one face p50 6.50 ms; batch 64 380 images/s." in card
+
+
+def test_card_gives_each_figure_its_interval_and_the_calibration(evaluated_export):
+    _, metrics = evaluated_export
+    card = model_card({**metrics, "training": {}}, "runs/serving/fer/3", 7_000_000)
+    ci = metrics["intervals"]
+    assert (f"accuracy {ci['accuracy'][0]:.4f} to {ci['accuracy'][1]:.4f}, macro F1 "
+            f"{ci['macro_f1'][0]:.4f} to {ci['macro_f1'][1]:.4f}") in card
+    assert "| class | precision | recall | F1 | F1 95% interval | support |" in card
+    low, high = ci["per_class_f1"]["happy"]
+    assert f" {low:.3f} to {high:.3f} |" in card
+    assert f"expected calibration error of the served probabilities on `test` " \
+           f"{metrics['calibration']['ece']:.4f}" in card
