@@ -56,7 +56,10 @@ class RunConsole(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        """Take output; route every complete line."""
+        """Take output; route every complete line (once the run is over, pass it to the
+        terminal: a logging handler made during the run may still hold this stream)."""
+        if self.closed:
+            return self.terminal.write(text)
         with self._lock:
             self._partial += text
             *lines, self._partial = self._partial.split("\n")
@@ -67,7 +70,8 @@ class RunConsole(io.TextIOBase):
     def flush(self) -> None:
         """Flush the terminal and the log."""
         self.terminal.flush()
-        self.log.flush()
+        if not self.closed:
+            self.log.flush()
 
     def _show(self, text: str) -> None:
         if self._bar:
@@ -134,4 +138,5 @@ def run_console(log_path: Path, verbose: bool) -> Iterator[RunConsole]:
             yield console
         finally:
             console.flush()
+            console.close()
             sys.stdout = terminal

@@ -307,7 +307,8 @@ def test_the_report_shows_the_mean_heatmap_per_class_and_the_confident_mistakes(
     assert record["available"] and record["class_map"] == "true"
     page = (out / REPORT_HTML).read_text()
     assert "Where the network looks (Grad-CAM)" in page
-    assert page.count("data:image/png;base64,") == 1 + 7 + len(record["gallery"])  # + confusion
+    # the confusion matrix and the reliability diagram, then the heatmaps
+    assert page.count("data:image/png;base64,") == 2 + 7 + len(record["gallery"])
     means = embedded_pngs(page, "mean-heatmap")
     assert [c for c, _ in means] == [f"{name}: 10 faces" for name in CLASS_NAMES]
     pairs = metrics["most_confused"][:GALLERY_PAIRS]
@@ -369,6 +370,7 @@ def test_a_model_without_an_explain_signature_gets_a_note(trained_model, prepare
     assert "no heatmaps" in record["note"] and "'explain'" in record["note"]
     page = (tmp_path / "out" / REPORT_HTML).read_text()
     assert "no heatmaps: the model (ensemble) has no convolutional feature map" in page
-    assert page.count("data:image/png;base64,") == 1  # the confusion matrix alone
+    # the confusion matrix and the reliability diagram alone
+    assert page.count("data:image/png;base64,") == 2
     assert not (tmp_path / "out" / EXPLANATIONS_DIR).exists()
     assert f"explanations: {record['note']}" in format_evaluation(metrics)
