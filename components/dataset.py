@@ -1,20 +1,21 @@
 """The dataset artifact shared by the data steps and training.
 
 A dataset is a directory holding ``faces.npz`` (uint8 images N×48×48, int labels,
-split name and source id per item) and JSON reports written by the step that made it
+split name and source id per item, and the label set's class names in id order) and JSON
+reports written by the step that made it
 (``manifest.json`` from ingest, ``preprocess.json`` from preprocess).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving.contract import IMAGE_SIZE, NUM_CLASSES
+from serving.contract import CLASS_NAMES, IMAGE_SIZE, check_class_names
 
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLITS: tuple[str, ...] = (TRAIN, VAL, TEST)
@@ -32,9 +33,10 @@ class FaceDataset:
     ``faces.npz`` holds. The arrays are checked to agree on construction."""
 
     images: np.ndarray  # uint8 [N, 48, 48]
-    labels: np.ndarray  # int64 [N], FER2013 ids 0..6
+    labels: np.ndarray  # int64 [N], class ids 0..K-1 (FER2013's 0..6 by default)
     splits: np.ndarray  # str [N], one of SPLITS or NO_SPLIT
     source_ids: np.ndarray  # str [N], where each item came from (file or CSV row)
+    class_names: tuple[str, ...] = field(default=CLASS_NAMES)  # the label set, in id order
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -46,8 +48,14 @@ class FaceDataset:
         for name in ("labels", "splits", "source_ids"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} items, images has {n}")
-        if n and (self.labels.min() < 0 or self.labels.max() >= NUM_CLASSES):
-            raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}")
+        self.class_names = check_class_names(self.class_names)
+        if n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise ValueError(f"labels must be in 0..{self.num_classes - 1}")
+
+    @property
+    def num_classes(self) -> int:
+        """The size of the label set."""
+        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,6 +68,7 @@ class FaceDataset:
             self.labels[mask_or_index],
             self.splits[mask_or_index],
             self.source_ids[mask_or_index],
+            self.class_names,
         )
 
     def split(self, name: str) -> FaceDataset:
@@ -79,6 +88,7 @@ class FaceDataset:
             labels=self.labels.astype(np.int64),
             splits=self.splits.astype(str),
             source_ids=self.source_ids.astype(str),
+            class_names=np.array(self.class_names, dtype=str),
         )
         return path
 
@@ -90,7 +100,10 @@ class FaceDataset:
         if not path.is_file():
             raise DataError(f"no dataset at {directory}: {FACES_FILE} is missing")
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["images"], data["labels"], data["splits"], data["source_ids"])
+            names = (tuple(str(n) for n in data["class_names"]) if "class_names" in data
+                     else CLASS_NAMES)  # written before label sets: FER2013's
+            return cls(data["images"], data["labels"], data["splits"], data["source_ids"],
+                       names)
 
 
 def held_out_split(data: FaceDataset) -> tuple[str, FaceDataset]:

@@ -100,12 +100,13 @@ def _probabilities(teacher_dir: Path, *splits: np.ndarray) -> tuple[list[np.ndar
     fn, input_name = loaded.signatures[name], SIGNATURES[name].input.name
     results = []
     for images in splits:
-        chunks = [np.zeros((0, NUM_CLASSES), np.float32)]
+        chunks = []
         for start in tqdm(range(0, len(images), BATCH), desc="[teacher] predicting",
                           unit="batch", mininterval=10):
             x = tf.constant(to_model_input(images[start:start + BATCH]))
             chunks.append(fn(**{input_name: x})[PROBABILITIES].numpy())
-        results.append(np.concatenate(chunks).astype(np.float32))
+        results.append(np.concatenate(chunks).astype(np.float32) if chunks
+                       else np.zeros((0, NUM_CLASSES), np.float32))
     return results, name
 
 
@@ -173,7 +174,11 @@ def load_teacher(predictions_dir: str | Path, train: FaceDataset) -> tuple[np.nd
     predictions_dir = Path(predictions_dir)
     with np.load(predictions_dir / PREDICTIONS_FILE, allow_pickle=False) as saved:
         probabilities, ids = saved[PROBABILITIES], saved["source_ids"]
-    if probabilities.shape != (len(train), NUM_CLASSES) or not np.array_equal(
+    if probabilities.shape[1:] != (train.num_classes,):
+        raise DataError(f"{predictions_dir}: the teacher serves {probabilities.shape[1]} "
+                        f"classes, this dataset has {train.num_classes} "
+                        f"({', '.join(train.class_names)}): a teacher must share the label set")
+    if len(probabilities) != len(train) or not np.array_equal(
             ids, train.source_ids.astype(str)):
         raise DataError(f"{predictions_dir}: the teacher's predictions are for other train "
                         f"faces ({len(ids):,}) than this dataset's ({len(train):,})")
@@ -199,5 +204,5 @@ def distillation_targets(labels: np.ndarray, teacher: np.ndarray, weight: float,
         logits -= logits.max(axis=1, keepdims=True)
         soft = np.exp(logits)
         teacher = soft / soft.sum(axis=1, keepdims=True)
-    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    one_hot = np.eye(teacher.shape[1], dtype=np.float32)[labels]
     return (weight * teacher + (1.0 - weight) * one_hot).astype(np.float32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,12 @@ from components.uncertainty import (
 from serving.contract import (
     CLASS_NAMES,
     METRICS_FILE,
-    NUM_CLASSES,
     PIXELS_INPUT,
     PROBABILITIES,
     SIGNATURE_IMAGES_TTA,
     SIGNATURE_PIXELS,
     SIGNATURE_PIXELS_TTA,
+    read_labels,
 )
 
 LATENCY_FACES = 64  # real held-out faces the candidate's cost is measured on
@@ -83,7 +84,6 @@ LATENCY_FACES = 64  # real held-out faces the candidate's cost is measured on
 CONFUSION_PNG = "confusion_matrix.png"
 RELIABILITY_PNG = "reliability_diagram.png"
 REPORT_HTML = "report.html"  # the page for people: text, confusion, explanations
-LABELS = list(range(NUM_CLASSES))
 
 
 @dataclass
@@ -168,8 +168,11 @@ def gate(macro_f1: float, f1_threshold: float, champion: dict[str, Any] | None,
     return decision
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix, most-confused pairs."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix, most-confused pairs,
+    over the label set ``class_names`` (ids 0..K-1)."""
+    LABELS = list(range(len(class_names)))  # noqa: N806 (sklearn's word)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=LABELS, zero_division=0)
     cm = confusion_matrix(y_true, y_pred, labels=LABELS)
@@ -182,27 +185,28 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
         "weighted_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="weighted",
                                       zero_division=0)),
         "per_class": {
-            CLASS_NAMES[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
+            class_names[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
                              "f1": float(f1[i]), "support": int(support[i])}
             for i in LABELS
         },
         "confusion_matrix": cm.tolist(),
         "most_confused": [
-            {"true": CLASS_NAMES[t], "predicted": CLASS_NAMES[p], "count": n,
+            {"true": class_names[t], "predicted": class_names[p], "count": n,
              "share_of_true": round(n / max(int(cm[t].sum()), 1), 4)}
             for n, t, p in off[:5]
         ],
     }
 
 
-def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
-    """The confusion matrix ``cm`` (counts, one row per true class) normalized per row, drawn
-    under ``title`` and saved at ``path``; returns ``path``."""
+def plot_confusion(cm: list[list[int]], path: Path, title: str,
+                   class_names: Sequence[str] = CLASS_NAMES) -> Path:
+    """The confusion matrix ``cm`` (counts, one row per true class of ``class_names``)
+    normalized per row, drawn under ``title`` and saved at ``path``; returns ``path``."""
     fig = Figure(figsize=(7.5, 6.5), dpi=100)
     ax = fig.subplots()
     cm = np.asarray(cm)
     normalized = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    disp = ConfusionMatrixDisplay(normalized, display_labels=CLASS_NAMES)
+    disp = ConfusionMatrixDisplay(normalized, display_labels=list(class_names))
     disp.plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=True)
     ax.set_title(title)
     ax.set_xlabel("predicted")
@@ -252,26 +256,28 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
     tta_model = None if tta == "none" else with_tta(model, tta)
     probabilities = predict_proba(model, held_out.images)
     y_pred = probabilities.argmax(axis=1)
-    metrics = classification_metrics(held_out.labels, y_pred)
+    names = data.class_names
+    metrics = classification_metrics(held_out.labels, y_pred, names)
+    metrics["class_names"] = list(names)
     metrics["split"] = split
     metrics["tta"] = tta
     if tta_model is not None:
         tta_pred = predict_proba(tta_model, held_out.images).argmax(axis=1)
-        full = classification_metrics(held_out.labels, tta_pred)
+        full = classification_metrics(held_out.labels, tta_pred, names)
         metrics["tta_metrics"] = {
             **{k: full[k] for k in ("accuracy", "macro_f1", "weighted_f1")},
             "per_class_f1": {name: m["f1"] for name, m in full["per_class"].items()}}
     if baseline is not None:
         metrics["baseline"] = baseline
-    metrics["intervals"] = bootstrap_intervals(held_out.labels, y_pred, list(CLASS_NAMES),
+    metrics["intervals"] = bootstrap_intervals(held_out.labels, y_pred, list(names),
                                                resamples, seed)
     metrics["calibration"] = calibration_figures(model, held_out.images, held_out.labels,
                                                  probabilities)
     comparison = None
     if champion_dir is not None:
-        champion_pred, note = champion_predictions(champion_dir, held_out.images)
+        champion_pred, note = champion_predictions(champion_dir, held_out.images, names)
         if champion_pred is not None:
-            comparison = paired_comparison(held_out.labels, y_pred, champion_pred, NUM_CLASSES,
+            comparison = paired_comparison(held_out.labels, y_pred, champion_pred, len(names),
                                            resamples, seed)
             metrics["champion_comparison"] = asdict(comparison)
         else:
@@ -288,12 +294,12 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
     output_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(metrics["confusion_matrix"], output_dir / CONFUSION_PNG,
                    f"Confusion on {split} ({len(held_out):,} faces), macro F1 "
-                   f"{metrics['macro_f1']:.3f}")
+                   f"{metrics['macro_f1']:.3f}", names)
     plot_reliability(metrics["calibration"], output_dir / RELIABILITY_PNG,
                      f"Reliability on {split} ({len(held_out):,} faces)")
     metrics["explanations"] = explain_evaluation(model, held_out.images, held_out.labels,
                                                  probabilities, metrics["most_confused"],
-                                                 output_dir)
+                                                 output_dir, class_names=names)
     write_json(output_dir / METRICS_FILE, metrics)
     (output_dir / REPORT_HTML).write_text(evaluation_page(
         "Evaluation", format_evaluation(metrics),
@@ -326,10 +332,15 @@ def evaluate_candidate(model_dir: str | Path, dataset_dir: str | Path, output_di
 
 
 def champion_predictions(saved_model_dir: str | Path, images: np.ndarray,
+                         class_names: Sequence[str] = CLASS_NAMES,
                          batch: int = 256) -> tuple[np.ndarray | None, str]:
     """The classes a deployed SavedModel's ``serving_default`` predicts for ``images``
-    (uint8 [N,48,48]), or ``None`` and why it could not be run on them (another label
-    set, a signature missing, an unloadable model)."""
+    (uint8 [N,48,48]), or ``None`` and why it could not be run on them (a label set other
+    than the candidate's ``class_names``, a signature missing, an unloadable model)."""
+    champion_names = read_labels(saved_model_dir)
+    if champion_names != tuple(class_names):
+        return None, (f"the champion's classes ({', '.join(champion_names)}) are not the "
+                      f"candidate's ({', '.join(class_names)}): no paired comparison")
     import tensorflow as tf
 
     try:
@@ -340,9 +351,9 @@ def champion_predictions(saved_model_dir: str | Path, images: np.ndarray,
     except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
         return None, f"the champion could not be run on these faces: {str(exc)[:200]}"
     probabilities = np.concatenate(chunks)
-    if probabilities.shape[1] != NUM_CLASSES:
+    if probabilities.shape[1] != len(class_names):
         return None, (f"the champion has {probabilities.shape[1]} classes, the candidate "
-                      f"{NUM_CLASSES}: no paired comparison")
+                      f"{len(class_names)}: no paired comparison")
     return probabilities.argmax(axis=1), ""
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from serving.contract import IMAGE_SIZE, NUM_CLASSES
+from serving.contract import IMAGE_SIZE
 
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
             keras.layers.SpatialDropout2D)
@@ -43,11 +43,13 @@ def gradcam_model(model: keras.Model) -> keras.Model | None:
 
 
 def gradcam(grad_model: keras.Model, pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """``(probabilities [N,7], heatmaps [N,7,48,48] in [0, 1])`` for ``pixels``."""
+    """``(probabilities [N,K], heatmaps [N,K,48,48] in [0, 1])`` for ``pixels``, K the
+    model's classes."""
     with tf.GradientTape(persistent=True) as tape:
         features, probabilities = grad_model(pixels, training=False)
         scores = tf.math.log(tf.maximum(probabilities, 1e-12))
-        per_class = [scores[:, k] for k in range(NUM_CLASSES)]
+        num_classes = probabilities.shape[-1]
+        per_class = [scores[:, k] for k in range(num_classes)]
     grads = tf.stack([tape.gradient(s, features) for s in per_class], axis=1)  # N,7,h,w,c
     del tape
     weights = tf.reduce_mean(grads, axis=(2, 3))  # N,7,c
@@ -58,5 +60,5 @@ def gradcam(grad_model: keras.Model, pixels: tf.Tensor) -> tuple[tf.Tensor, tf.T
     resized = tf.image.resize(tf.reshape(cams, [-1, shape[2], shape[3], 1]),
                               [IMAGE_SIZE, IMAGE_SIZE], method="bilinear")
     heatmaps = tf.reshape(tf.clip_by_value(resized, 0.0, 1.0),
-                          [-1, NUM_CLASSES, IMAGE_SIZE, IMAGE_SIZE])
+                          [-1, num_classes, IMAGE_SIZE, IMAGE_SIZE])
     return probabilities, heatmaps

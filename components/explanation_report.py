@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from components.report import html_page
-from serving.contract import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, SIGNATURE_EXPLAIN
+from serving.contract import CLASS_NAMES, IMAGE_SIZE, SIGNATURE_EXPLAIN
 
 EXPLANATIONS_DIR = "explanations"  # beside the evaluation's metrics.json
 MEAN_HEATMAPS_NPZ = "mean_heatmaps.npz"  # heatmaps [7,48,48], faces [7,48,48], counts [7]
@@ -105,11 +106,12 @@ def plot_mistake(face: np.ndarray, predicted_map: np.ndarray, true_map: np.ndarr
     return path
 
 
-def _mean_faces(labels: np.ndarray, per_class: int, seed: int) -> list[np.ndarray]:
+def _mean_faces(labels: np.ndarray, per_class: int, seed: int,
+                num_classes: int) -> list[np.ndarray]:
     """Per class, the (sorted) indices of up to ``per_class`` of its faces, seeded."""
     rng = np.random.default_rng(seed)
     chosen = []
-    for cls in range(NUM_CLASSES):
+    for cls in range(num_classes):
         members = np.flatnonzero(labels == cls)
         if len(members) > per_class:
             members = np.sort(rng.choice(members, size=per_class, replace=False))
@@ -118,13 +120,14 @@ def _mean_faces(labels: np.ndarray, per_class: int, seed: int) -> list[np.ndarra
 
 
 def _mistakes(labels: np.ndarray, probabilities: np.ndarray, most_confused: list[dict[str, Any]],
-              pairs: int, per_pair: int) -> list[tuple[int, int, int]]:
+              pairs: int, per_pair: int, class_names: Sequence[str]
+              ) -> list[tuple[int, int, int]]:
     """``(face index, true, predicted)`` of the most confident mistakes of the first
     ``pairs`` most-confused pairs, ``per_pair`` each, most confident first."""
     predicted = probabilities.argmax(axis=1)
     picked = []
     for pair in most_confused[:pairs]:
-        true, pred = CLASS_NAMES.index(pair["true"]), CLASS_NAMES.index(pair["predicted"])
+        true, pred = class_names.index(pair["true"]), class_names.index(pair["predicted"])
         wrong = np.flatnonzero((labels == true) & (predicted == pred))
         order = wrong[np.argsort(-probabilities[wrong, pred], kind="stable")]
         picked += [(int(i), true, pred) for i in order[:per_pair]]
@@ -135,9 +138,11 @@ def explain_evaluation(model: Any, images: np.ndarray, labels: np.ndarray,
                        probabilities: np.ndarray, most_confused: list[dict[str, Any]],
                        output_dir: str | Path, per_class: int = MEAN_FACES_PER_CLASS,
                        pairs: int = GALLERY_PAIRS, per_pair: int = GALLERY_FACES,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, class_names: Sequence[str] = CLASS_NAMES
+                       ) -> dict[str, Any]:
     """The explanations of an evaluation: for the Keras ``model`` evaluated on the held-out
-    ``images`` [N,48,48] with true ``labels`` and its ``probabilities`` [N,7] (the
+    ``images`` [N,48,48] with true ``labels`` (ids of ``class_names``) and its
+    ``probabilities`` [N,K] (the
     ``most_confused`` pairs of :func:`components.evaluate.classification_metrics`), the mean
     true-class heatmap per class over up to ``per_class`` faces each, and the gallery of the
     most confident mistakes of the first ``pairs`` pairs, ``per_pair`` faces each. Writes
@@ -153,8 +158,9 @@ def explain_evaluation(model: Any, images: np.ndarray, labels: np.ndarray,
     probabilities = np.asarray(probabilities)
     record: dict[str, Any] = {"available": False, "signature": SIGNATURE_EXPLAIN,
                               "class_map": "true", "mean_heatmaps": [], "gallery": []}
-    chosen = _mean_faces(labels, per_class, seed)
-    mistakes = _mistakes(labels, probabilities, most_confused, pairs, per_pair)
+    names = tuple(class_names)
+    chosen = _mean_faces(labels, per_class, seed, len(names))
+    mistakes = _mistakes(labels, probabilities, most_confused, pairs, per_pair, names)
     # one pass over every face shown: per face the maps of two classes, (true, true) for
     # the means and (predicted, true) for the mistakes
     means = np.concatenate(chosen).astype(np.int64)
@@ -172,7 +178,7 @@ def explain_evaluation(model: Any, images: np.ndarray, labels: np.ndarray,
     folder = output_dir / EXPLANATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     counts = np.array([len(c) for c in chosen])
-    mean_maps = np.zeros((NUM_CLASSES, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    mean_maps = np.zeros((len(names), IMAGE_SIZE, IMAGE_SIZE), np.float32)
     mean_faces = np.zeros_like(mean_maps)
     start = 0
     for cls, n in enumerate(counts):
@@ -180,20 +186,20 @@ def explain_evaluation(model: Any, images: np.ndarray, labels: np.ndarray,
             mean_maps[cls] = maps[start:start + n, 0].mean(axis=0)
             mean_faces[cls] = images[chosen[cls]].astype(np.float32).mean(axis=0)
             path = plot_class_heatmap(mean_faces[cls], mean_maps[cls],
-                                      f"{CLASS_NAMES[cls]} ({n} faces)",
-                                      folder / f"mean_heatmap_{cls}_{CLASS_NAMES[cls]}.png")
-            record["mean_heatmaps"].append({"class": CLASS_NAMES[cls], "faces": int(n),
+                                      f"{names[cls]} ({n} faces)",
+                                      folder / f"mean_heatmap_{cls}_{names[cls]}.png")
+            record["mean_heatmaps"].append({"class": names[cls], "faces": int(n),
                                             "image": str(path.relative_to(output_dir))})
         start += n
     np.savez_compressed(folder / MEAN_HEATMAPS_NPZ, heatmaps=mean_maps, faces=mean_faces,
                         counts=counts)
     for k, ((i, true, pred), pair_maps) in enumerate(zip(mistakes, maps[start:]), start=1):
         confidence = float(probabilities[i, pred])
-        path = plot_mistake(images[i], pair_maps[0], pair_maps[1], CLASS_NAMES[true],
-                            CLASS_NAMES[pred], confidence,
-                            folder / f"mistake_{k:02d}_{CLASS_NAMES[true]}_as_"
-                                     f"{CLASS_NAMES[pred]}.png")
-        record["gallery"].append({"true": CLASS_NAMES[true], "predicted": CLASS_NAMES[pred],
+        path = plot_mistake(images[i], pair_maps[0], pair_maps[1], names[true],
+                            names[pred], confidence,
+                            folder / f"mistake_{k:02d}_{names[true]}_as_"
+                                     f"{names[pred]}.png")
+        record["gallery"].append({"true": names[true], "predicted": names[pred],
                                   "confidence": round(confidence, 4),
                                   "image": str(path.relative_to(output_dir))})
     record["available"] = True

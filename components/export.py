@@ -4,19 +4,21 @@
 """Export: a self-verified SavedModel that TensorFlow Serving loads.
 
 The signatures, their inputs and outputs are those :mod:`serving.contract` declares
-(``serving_default`` on pixels, ``predict_images`` on encoded images); this module builds
-them over a Keras model and checks the result against that declaration.
+(``serving_default`` on pixels, ``predict_images`` on encoded images, ``class_names`` naming
+the label set's ids, ...); this module builds them over a Keras model and checks the result
+against that declaration.
 
-``assets.extra/`` carries the label names and the run's metrics. The export reloads what it
+``assets.extra/`` carries the label names (the dataset's label set) and the run's metrics. The export reloads what it
 wrote and refuses to emit it unless the predictions match the Keras model on real faces.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from serving.contract import (
     NUM_CLASSES,
     PIXELS,
     PROBABILITIES,
+    SIGNATURE_CLASS_NAMES,
     SIGNATURE_EXPLAIN,
     SIGNATURE_EXPLAIN_IMAGES,
     SIGNATURE_IMAGES,
@@ -54,6 +57,7 @@ from serving.contract import (
     SIGNATURES,
     WARMUP_FILE,
     TensorInfo,
+    served_class_names,
     served_signatures,
 )
 
@@ -74,10 +78,10 @@ class ExportError(Exception):
     """The SavedModel does not honour the serving contract; nothing was emitted."""
 
 
-def _outputs(probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
+def _outputs(probabilities: tf.Tensor, class_names: Sequence[str]) -> dict[str, tf.Tensor]:
     class_id = tf.argmax(probabilities, axis=1, output_type=tf.int64)
     return {PROBABILITIES: probabilities, CLASS_ID: class_id,
-            CLASS_NAME: tf.gather(tf.constant(CLASS_NAMES), class_id)}
+            CLASS_NAME: tf.gather(tf.constant(list(class_names)), class_id)}
 
 
 def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -85,10 +89,11 @@ def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
                      fn_output_signature=tf.TensorSpec(FACE_SHAPE, tf.float32))
 
 
-def _signature_functions(model: keras.Model) -> tuple[Callable, Callable]:
+def _signature_functions(model: keras.Model, class_names: Sequence[str]
+                         ) -> tuple[Callable, Callable]:
     """The pixel and the image-bytes functions of the contract over ``model``."""
     def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return _outputs(model(pixels, training=False))
+        return _outputs(model(pixels, training=False), class_names)
 
     def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict_pixels(_decode(image_bytes))
@@ -96,11 +101,12 @@ def _signature_functions(model: keras.Model) -> tuple[Callable, Callable]:
     return predict_pixels, predict_images
 
 
-def _explain_functions(grad_model: keras.Model) -> tuple[Callable, Callable]:
+def _explain_functions(grad_model: keras.Model, class_names: Sequence[str]
+                       ) -> tuple[Callable, Callable]:
     """The explain signatures' functions: the single-pass outputs plus Grad-CAM heatmaps."""
     def explain_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities, heatmaps = gradcam(grad_model, pixels)
-        return {**_outputs(probabilities), HEATMAPS: heatmaps}
+        return {**_outputs(probabilities, class_names), HEATMAPS: heatmaps}
 
     def explain_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return explain_pixels(_decode(image_bytes))
@@ -108,19 +114,28 @@ def _explain_functions(grad_model: keras.Model) -> tuple[Callable, Callable]:
     return explain_pixels, explain_images
 
 
-def serving_endpoints(model: keras.Model, tta_model: keras.Model | None = None) -> Endpoints:
+def serving_endpoints(model: keras.Model, tta_model: keras.Model | None = None,
+                      class_names: Sequence[str] | None = None) -> Endpoints:
     """The contract's signatures: the single-pass ones over ``model``, the explain ones
-    when it has a convolutional feature map, and with a ``tta_model`` (``model`` averaged
-    over test-time augmentation views) the TTA ones over it. Returns signature name ->
-    (function, input spec)."""
-    functions = dict(zip((SIGNATURE_PIXELS, SIGNATURE_IMAGES), _signature_functions(model)))
+    when it has a convolutional feature map, with a ``tta_model`` (``model`` averaged over
+    test-time augmentation views) the TTA ones over it, and ``class_names``, which names
+    the label set's ids. ``class_names``: the label set (by default FER2013's for a model of
+    seven outputs, else numbered). Returns signature name -> (function, input spec)."""
+    names = tuple(class_names or served_class_names(model.output_shape[-1]))
+
+    def name_ids(class_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {CLASS_NAME: tf.gather(tf.constant(list(names)), class_id)}
+
+    functions = dict(zip((SIGNATURE_PIXELS, SIGNATURE_IMAGES),
+                         _signature_functions(model, names)))
     grad_model = gradcam_model(model)
     if grad_model is not None:
         functions.update(zip((SIGNATURE_EXPLAIN, SIGNATURE_EXPLAIN_IMAGES),
-                             _explain_functions(grad_model)))
+                             _explain_functions(grad_model, names)))
     if tta_model is not None:
         functions.update(zip((SIGNATURE_PIXELS_TTA, SIGNATURE_IMAGES_TTA),
-                             _signature_functions(tta_model)))
+                             _signature_functions(tta_model, names)))
+    functions[SIGNATURE_CLASS_NAMES] = name_ids
     return {name: (fn, tensor_spec(SIGNATURES[name].input)) for name, fn in functions.items()}
 
 
@@ -140,11 +155,12 @@ def write_saved_model(model: keras.Model, path: Path,
 
 def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
                        tolerance: float = TOLERANCE,
-                       tta_model: keras.Model | None = None) -> dict[str, float]:
+                       tta_model: keras.Model | None = None,
+                       class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
     """Reload the SavedModel and check its contract and predictions on real ``faces``: the
     single-pass signatures against ``model``, the TTA ones (when ``tta_model`` is given)
-    against ``tta_model``, and that every signature names the same classes with the same
-    output shapes.
+    against ``tta_model``, and that every signature names the classes of ``class_names``
+    with the same output shapes, ``class_names`` naming each id.
 
     Raises :class:`ExportError` naming the first problem. Returns the largest difference
     in probability per signature.
@@ -156,12 +172,20 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
         references[True] = tta_model.predict(to_model_input(faces), verbose=0)
     inputs = {PIXELS.name: tf.constant(to_model_input(faces)),
               IMAGE_BYTES.name: tf.constant([png_bytes(f) for f in faces])}
+    names, k = list(class_names), len(class_names)
     diffs = {}
     for name in served_signatures(tta_model is not None, explain):
         signature = SIGNATURES[name]
-        expected = references[signature.tta]
         if name not in loaded.signatures:
             raise ExportError(f"signature {name!r} is missing (has {sorted(loaded.signatures)})")
+        if signature.lookup:
+            out = loaded.signatures[name](**{CLASS_ID: tf.range(k, dtype=tf.int64)})
+            if [n.decode() for n in out[CLASS_NAME].numpy()] != names:
+                raise ExportError(f"signature {name!r} does not name ids 0-{k - 1} "
+                                  f"{names}")
+            diffs[name] = 0.0
+            continue
+        expected = references[signature.tta]
         fn = loaded.signatures[name]
         _, kwargs = fn.structured_input_signature
         want_in = signature.input
@@ -174,21 +198,22 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
                 raise ExportError(f"signature {name!r} output {want.name!r} missing or not "
                                   f"{want.dtype}: { {k: v.dtype.name for k, v in out.items()} }")
         probabilities = out[PROBABILITIES].numpy()
-        if probabilities.shape != (len(faces), NUM_CLASSES):
+        if probabilities.shape != (len(faces), k):
             raise ExportError(f"signature {name!r} returns probabilities of shape "
-                              f"{probabilities.shape}, expected {(len(faces), NUM_CLASSES)}")
+                              f"{probabilities.shape}, expected {(len(faces), k)}")
         diff = float(np.abs(probabilities - expected).max())
         if diff > tolerance:
             raise ExportError(f"signature {name!r} disagrees with the Keras model on real faces: "
                               f"max |probability difference| {diff:.2e} > {tolerance:.0e}")
         ids = out[CLASS_ID].numpy()
-        names = [n.decode() for n in out[CLASS_NAME].numpy()]
-        if not np.array_equal(ids, expected.argmax(axis=1)) or names != [CLASS_NAMES[i] for i in ids]:
+        served_names = [n.decode() for n in out[CLASS_NAME].numpy()]
+        if (not np.array_equal(ids, expected.argmax(axis=1))
+                or served_names != [names[i] for i in ids]):
             raise ExportError(f"signature {name!r} returns class ids or names that do not match "
-                              f"its probabilities and the FER2013 labels")
+                              f"its probabilities and the labels {names}")
         if signature.explain:
             heatmaps = out[HEATMAPS].numpy()
-            if (heatmaps.shape != (len(faces), NUM_CLASSES, IMAGE_SIZE, IMAGE_SIZE)
+            if (heatmaps.shape != (len(faces), k, IMAGE_SIZE, IMAGE_SIZE)
                     or not np.isfinite(heatmaps).all() or heatmaps.min() < 0
                     or heatmaps.max() > 1):
                 raise ExportError(f"signature {name!r} returns heatmaps of shape "
@@ -218,25 +243,29 @@ def verify_saved_model(path: Path, model: keras.Model, faces: np.ndarray,
             **{PIXELS.name: inputs[PIXELS.name]})[PROBABILITIES].numpy()
         diff = float(np.abs(served_p - expected).max())
         if diff > tolerance:
-            names = " then ".join(type(h).__name__ for h in heads)
+            described = " then ".join(type(h).__name__ for h in heads)
             raise ExportError(f"{SIGNATURE_PIXELS!r} is not the network's probabilities through "
-                              f"{names}: max |probability difference| {diff:.2e} > "
+                              f"{described}: max |probability difference| {diff:.2e} > "
                               f"{tolerance:.0e}")
         diffs["calibration"] = diff
     return diffs
 
 
 def write_warmup_requests(path: Path, faces: np.ndarray, model_name: str = "fer",
-                          tta: bool = False, explain: bool = False) -> int:
+                          tta: bool = False, explain: bool = False,
+                          num_classes: int = NUM_CLASSES) -> int:
     """TF Serving's warm-up file: PredictionLog records replayed when a version loads, so
     its first real request does not pay for graph tracing. A batch of 1 and of 8 for each
     pixel signature, a batch of 2 for each image signature (the TTA ones with ``tta``, the
-    explain ones with ``explain``). Returns the number of records."""
+    explain ones with ``explain``), the ``num_classes`` ids for ``class_names``. Returns the
+    number of records."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     requests = []
     for name in served_signatures(tta, explain):
-        if SIGNATURES[name].input == PIXELS:
+        if SIGNATURES[name].lookup:
+            requests.append((name, tf.make_tensor_proto(np.arange(num_classes, dtype=np.int64))))
+        elif SIGNATURES[name].input == PIXELS:
             requests += [(name, tf.make_tensor_proto(to_model_input(faces[:n]))) for n in (1, 8)]
         else:
             requests.append((name, tf.make_tensor_proto([png_bytes(f) for f in faces[:2]])))
@@ -268,14 +297,16 @@ def sample_faces(dataset_dir: str | Path, model: keras.Model, n: int = 64,
 
 def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
            metrics: dict[str, Any] | None = None,
-           endpoints: EndpointBuilder = serving_endpoints,
+           endpoints: EndpointBuilder | None = None,
            tta: str = "none") -> dict[str, Any]:
     """Export the Keras model in ``model_dir`` as a verified SavedModel at ``output_dir``.
 
     ``serving_default`` and ``predict_images`` serve one pass of the network. ``tta``
     (``"flip"``, ``"crops"``; :func:`components.train.tta.with_tta`) adds ``serving_tta``
     and ``predict_images_tta``, which average the views: a choice for callers, not a cost
-    every request pays. The self-check compares each signature with its Keras model. The
+    every request pays. The served labels are the dataset's label set; ``endpoints``
+    replaces the contract's signature builder (tests). The self-check compares each
+    signature with its Keras model. The
     SavedModel is written beside ``output_dir``, verified, then renamed into place; on any
     mismatch it is deleted and :class:`ExportError` raised.
     """
@@ -284,15 +315,21 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ExportError(f"{output_dir} already exists and is not empty")
     model = load_trained(model_dir)
+    names = FaceDataset.load(dataset_dir).class_names
+    if model.output_shape[-1] != len(names):
+        raise ExportError(f"the model has {model.output_shape[-1]} outputs, the dataset's "
+                          f"label set {len(names)} classes ({', '.join(names)})")
+    endpoints = endpoints or functools.partial(serving_endpoints, class_names=names)
     tta_model = None if tta == "none" else with_tta(model, tta)
     faces = sample_faces(dataset_dir, model)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         write_saved_model(model, staging, endpoints, tta_model)
-        diffs = verify_saved_model(staging, model, faces, tta_model=tta_model)
+        diffs = verify_saved_model(staging, model, faces, tta_model=tta_model,
+                                   class_names=names)
         extra = staging / ASSETS_EXTRA
         extra.mkdir()
-        (extra / LABELS_FILE).write_text("\n".join(CLASS_NAMES) + "\n")
+        (extra / LABELS_FILE).write_text("\n".join(names) + "\n")
         training = Path(model_dir) / "summary.json"  # the training run's own metrics
         record = {**(metrics or {}), "tta": tta}
         if training.is_file():
@@ -300,7 +337,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         write_json(extra / METRICS_FILE, record)
         explain = gradcam_model(model) is not None
         write_warmup_requests(extra / WARMUP_FILE, faces, tta=tta_model is not None,
-                              explain=explain)
+                              explain=explain, num_classes=len(names))
         if output_dir.exists():
             output_dir.rmdir()
         staging.rename(output_dir)
@@ -308,5 +345,5 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {"path": str(output_dir), "signatures": served_signatures(tta != "none", explain),
-            "verified_on": len(faces),
+            "class_names": list(names), "verified_on": len(faces),
             "max_probability_difference": diffs, "tta": tta}

@@ -25,12 +25,15 @@ from pipeline.cluster import TRAIN_IMAGE  # the image every task runs on
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def ingest_op(source: str, data_format: str, dataset: Output[Dataset], metrics: Output[Metrics]):
-    """Read FER2013 (CSV or image folders; local, .zip or gs://) into a dataset artifact."""
+def ingest_op(source: str, data_format: str, dataset: Output[Dataset], metrics: Output[Metrics],
+              label_map: str = ""):
+    """Read FER2013 (CSV or image folders; local, .zip or gs://) into a dataset artifact, its
+    classes those of ``label_map`` (FER2013's seven when empty)."""
     from components.ingest import ingest
 
-    manifest = ingest(source, dataset.path, data_format)
+    manifest = ingest(source, dataset.path, data_format, label_map=label_map)
     dataset.metadata.update({"source": source, "format": manifest["format"],
+                             "class_names": manifest["class_names"],
                              "counts": manifest["counts"]})
     for key in ("items_read", "accepted", "rejected"):
         metrics.log_metric(key, manifest[key])
@@ -87,22 +90,36 @@ def teacher_op(dataset: Input[Dataset], teacher: str, serving_base: str, model_n
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def train_plan_op(architectures: List[str], folds: int, cv_final: str, ensemble: bool,
+                  teacher: str) -> List[dict]:
+    """The train tasks, ``{"architecture", "fold"}`` each: one per architecture, or with
+    ``folds`` >= 2 one per architecture and fold (plus each architecture on the whole
+    splits for ``cv_final`` "retrain"); bad cross-validation settings fail here, before
+    any training."""
+    from components.cv import cv_plan
+
+    return cv_plan(architectures, folds, cv_final, ensemble, teacher)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_op(dataset: Input[Dataset], weights: Input[Artifact], teacher: Input[Artifact],
              architecture: str, seed: int, model_options: dict, checkpoint_root: str,
-             recipe: dict, model: Output[Model], curves: Output[HTML]):
+             recipe: dict, model: Output[Model], curves: Output[HTML], fold: int = -1,
+             folds: int = 0):
     """Train one architecture with the ``recipe`` (a TrainConfig as a dict), distilled from
-    the ``teacher`` step's predictions when it made any; checkpoints under
-    ``checkpoint_root`` make it resumable."""
+    the ``teacher`` step's predictions when it made any, on fold ``fold`` of ``folds`` of
+    train + val (-1: the splits as they are); checkpoints under ``checkpoint_root`` make it
+    resumable."""
     from pathlib import Path
 
+    from components.cv import train_variant
     from components.distill import has_teacher
     from components.report import html_page
     from components.train.recipe import variant_config
-    from components.train.train import train
 
     config = variant_config(recipe, architecture, seed, model_options, checkpoint_root,
                             teacher.path if has_teacher(teacher.path) else None)
-    summary = train(dataset.path, weights.path, model.path, config)
+    summary = train_variant(dataset.path, weights.path, model.path, config, folds, fold)
     model.metadata.update({k: v for k, v in summary.items()
                            if k != "config" and v is not None})
     Path(curves.path).write_text(html_page(f"Training curves: {architecture}",
@@ -111,19 +128,26 @@ def train_op(dataset: Input[Dataset], weights: Input[Artifact], teacher: Input[A
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def select_best_op(models: Input[List[Model]], dataset: Input[Dataset], ensemble: bool,
-                   recipe: dict, best: Output[Model]) -> str:
+                   recipe: dict, best: Output[Model], metrics: Output[Metrics],
+                   table: Output[Markdown], cv_final: str = "retrain") -> str:
     """The variant with the best val macro F1 goes on, or (``ensemble``) the average of all
-    the variants, calibrated and scored as the recipe serves it; returns the leaderboard
-    (JSON)."""
+    the variants, calibrated and scored as the recipe serves it; with fold models, the
+    architecture with the best CV mean, retrained or as the ensemble of its folds
+    (``cv_final``). Returns the leaderboard (JSON; with folds, the CV table too)."""
     import json
+    from pathlib import Path
 
-    from components.train.ensemble import combine
+    from components.cv import markdown_selection, select_with_cv, selection_metrics
     from components.train.recipe import TrainConfig
 
     config = TrainConfig.from_dict(recipe)
-    result = combine([m.path for m in models], best.path, dataset.path, ensemble,
-                     config.logit_adjustment, config.tta)
-    best.metadata.update({"architecture": result["winner"]})
+    result = select_with_cv([m.path for m in models], best.path, dataset.path, ensemble,
+                            config.logit_adjustment, config.tta, cv_final)
+    served = result.get("cv", {}).get("served", result["winner"])
+    best.metadata.update({"architecture": served})
+    for key, value in selection_metrics(result).items():
+        metrics.log_metric(key, value)
+    Path(table.path).write_text(markdown_selection(result))
     print(json.dumps(result, indent=2))
     return json.dumps(result)
 
@@ -146,7 +170,6 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
 
     from components.evaluate import REPORT_HTML, evaluate_candidate, format_evaluation
     from components.train.recipe import TrainConfig
-    from serving.contract import CLASS_NAMES
 
     result = evaluate_candidate(model.path, dataset.path, evaluation.path, serving_base,
                                 model_name, f1_threshold, min_improvement,
@@ -172,7 +195,7 @@ def evaluate_op(model: Input[Model], dataset: Input[Dataset], serving_base: str,
             metrics.log_metric(f"{signature}_{key}", value)
     for name, m in result["per_class"].items():
         metrics.log_metric(f"f1_{name}", m["f1"])
-    confusion.log_confusion_matrix(list(CLASS_NAMES), result["confusion_matrix"])
+    confusion.log_confusion_matrix(result["class_names"], result["confusion_matrix"])
     text = format_evaluation(result)
     print(text)
     shutil.copyfile(Path(evaluation.path) / REPORT_HTML, report.path)

@@ -32,7 +32,6 @@ from components.ingest.ingest import (
     counts_by_split,
     require_training_examples,
 )
-from serving.contract import NUM_CLASSES
 
 REPORT_FILE = "preprocess.json"
 
@@ -67,7 +66,8 @@ def preprocess(dataset_dir: str | Path, output_dir: str | Path, val_fraction: fl
     dataset = FaceDataset.load(dataset_dir)
     rng = np.random.default_rng(seed)
     splits, rule = assign_splits(dataset.labels, dataset.splits, val_fraction, test_fraction, rng)
-    dataset = FaceDataset(dataset.images, dataset.labels, splits, dataset.source_ids)
+    dataset = FaceDataset(dataset.images, dataset.labels, splits, dataset.source_ids,
+                          dataset.class_names)
 
     duplicates = find_duplicates(dataset)
     dropped = np.array(duplicates.pop("_train_leaks"), dtype=np.int64)
@@ -152,7 +152,7 @@ def stratified_slice(labels: np.ndarray, pool: np.ndarray, fraction: float,
 def limit_train_per_class(dataset: FaceDataset, limit: int, rng: np.random.Generator) -> np.ndarray:
     """Mask keeping every val/test item and at most ``limit`` random train items per class."""
     keep = dataset.splits != TRAIN
-    for cls in range(NUM_CLASSES):
+    for cls in range(dataset.num_classes):
         members = np.flatnonzero((dataset.splits == TRAIN) & (dataset.labels == cls))
         keep[rng.permutation(members)[:limit]] = True
     return keep

@@ -53,14 +53,15 @@ def plot_class_distribution(counts: dict[str, dict[str, int]], path: Path) -> Pa
     fig = Figure(figsize=(9, 4.5), dpi=100)
     ax = fig.subplots()
     splits = list(counts)
+    names = _class_names(counts)
     width = 0.8 / len(splits)
-    x = np.arange(len(CLASS_NAMES))
+    x = np.arange(len(names))
     for k, split in enumerate(splits):
-        values = [counts[split].get(name, 0) for name in CLASS_NAMES]
+        values = [counts[split].get(name, 0) for name in names]
         bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, values, width,
                       label=f"{split} ({sum(values):,})", color=_SPLIT_COLOURS.get(split))
         ax.bar_label(bars, fontsize=7, padding=1)
-    ax.set_xticks(x, [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)])
+    ax.set_xticks(x, [f"{i} {n}" for i, n in enumerate(names)])
     ax.set_ylabel("faces")
     ax.set_title("Class distribution per split")
     ax.legend()
@@ -73,8 +74,9 @@ def plot_sample_faces(dataset: FaceDataset, path: Path, per_class: int, seed: in
     """A grid: one row per class, ``per_class`` random faces (from train when present)."""
     rng = np.random.default_rng(seed)
     source = dataset.split(TRAIN) if (dataset.splits == TRAIN).any() else dataset
-    fig = Figure(figsize=(per_class * 0.9 + 1.2, len(CLASS_NAMES) * 0.95), dpi=100)
-    axes = fig.subplots(len(CLASS_NAMES), per_class, squeeze=False)
+    names = dataset.class_names
+    fig = Figure(figsize=(per_class * 0.9 + 1.2, len(names) * 0.95), dpi=100)
+    axes = fig.subplots(len(names), per_class, squeeze=False)
     for cls, row in enumerate(axes):
         members = np.flatnonzero(source.labels == cls)
         chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
@@ -85,7 +87,7 @@ def plot_sample_faces(dataset: FaceDataset, path: Path, per_class: int, seed: in
                 spine.set_visible(False)
             if k < len(chosen):
                 ax.imshow(source.images[chosen[k]], cmap="gray", vmin=0, vmax=255)
-        row[0].set_ylabel(CLASS_NAMES[cls], rotation=0, ha="right", va="center")
+        row[0].set_ylabel(names[cls], rotation=0, ha="right", va="center")
     fig.suptitle("Sample faces per class")
     fig.tight_layout()
     fig.savefig(path)
@@ -126,16 +128,23 @@ def format_summary(manifest: dict[str, Any], report: dict[str, Any] | None = Non
             f"{dup['groups_with_conflicting_labels']:,} with conflicting labels",
         ]
     if class_weights:
+        names = manifest.get("class_names", CLASS_NAMES)
         lines.append("class weights: " + ", ".join(
-            f"{CLASS_NAMES[i]} {w:.3f}" for i, w in sorted(class_weights.items())))
+            f"{names[i]} {w:.3f}" for i, w in sorted(class_weights.items())))
     return "\n".join(lines)
+
+
+def _class_names(counts: dict[str, dict[str, int]]) -> list[str]:
+    """The label set of a ``{split: {class_name: n}}`` table (every class listed, in id
+    order); FER2013's when it is empty."""
+    return list(next(iter(counts.values()), None) or CLASS_NAMES)
 
 
 def _counts_table(counts: dict[str, dict[str, int]]) -> str:
     order = [s for s in (*SPLITS, "unsplit") if s in counts]
     head = f"{'id':>2} {'class':<9}" + "".join(f"{s:>9}" for s in order)
     rows = [head]
-    for i, name in enumerate(CLASS_NAMES):
+    for i, name in enumerate(_class_names(counts)):
         rows.append(f"{i:>2} {name:<9}" + "".join(f"{counts[s].get(name, 0):>9,}" for s in order))
     rows.append(f"{'':>2} {'total':<9}" + "".join(f"{sum(counts[s].values()):>9,}" for s in order))
     return "\n".join(rows)

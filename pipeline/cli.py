@@ -94,9 +94,13 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict:
         min_win_probability=args.min_win_probability, seed=args.seed,
         max_train_per_class=args.max_train_per_class, checkpoint_root=args.checkpoint_root,
         model_options=args.model_options, classic_baseline=args.classic_baseline,
-        teacher=args.teacher,
-        ensemble=args.ensemble,
+        teacher=args.teacher, label_map=args.label_map,
+        ensemble=args.ensemble, folds=args.folds, cv_final=args.cv_final,
     )
+    from components.cv import check_cv
+
+    check_cv(params.get("folds", 0), params.get("cv_final", "retrain"),
+             params.get("ensemble", False), params.get("teacher", ""))
     from components.train.models import MODEL_BUILDERS
 
     unknown = sorted(set(params["architectures"]) - set(MODEL_BUILDERS))
@@ -263,6 +267,19 @@ def add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
         group.add_argument(flag, **kwargs)
 
 
+def label_map(spec: str) -> str:
+    """A ``--label-map`` value, checked: a named map or JSON (a .json file is read here, so
+    a compiled or submitted pipeline carries its content, not a path on this machine)."""
+    from components.labels import LabelMapError, label_set
+
+    text = spec.strip()
+    try:
+        label_set(text)  # "folders" is only known once the source is read
+    except LabelMapError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text).read_text() if text.endswith(".json") else text
+
+
 def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | None) -> None:
     from pipeline.profiles import PROFILES
 
@@ -304,6 +321,19 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, source_default: str | No
     p.add_argument("--ensemble", action=argparse.BooleanOptionalAction,
                    help="with several --architectures, serve the average of all of them "
                         "instead of the best one")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="compare the architectures by K-fold cross-validation over train + "
+                        "val: K stratified, seeded folds, a train task per architecture and "
+                        "fold, the best mean val macro F1 wins (0 or 1: off, the default)")
+    p.add_argument("--cv-final", choices=["retrain", "ensemble"],
+                   help="with --folds, what goes on to the test evaluation: the winner "
+                        "trained on the splits as they are (retrain, the default) or the "
+                        "average of its fold models (ensemble)")
+    p.add_argument("--label-map", type=label_map, metavar="MAP",
+                   help="the label set: fer2013 (the default), fer2013-6 (disgust merged into "
+                        "angry), fer2013+contempt, folders (the class folders' names), or a "
+                        "JSON object or .json file {\"classes\": [...], \"map\": {folder: "
+                        "class}}; classes map by name, never by alphabetical order")
     p.add_argument("--classic-baseline", action=argparse.BooleanOptionalAction,
                    help="also fit HOG + linear SVM and report it beside the model")
     add_recipe_arguments(p.add_argument_group(

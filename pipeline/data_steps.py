@@ -15,11 +15,13 @@ from components.report import data_report
 def run_data_steps(source: str, out: Path, data_format: str = "auto", val_fraction: float = 0.1,
                    test_fraction: float = 0.1, seed: int = 42, drop_duplicates: bool = False,
                    weights_mode: str = "balanced", report: bool = True,
-                   progress: bool = True, max_train_per_class: int = 0) -> dict[str, Any]:
+                   progress: bool = True, max_train_per_class: int = 0,
+                   label_map: str = "") -> dict[str, Any]:
     """Run ingest -> preprocess -> class weights (-> data report) on ``source`` into
     ``out`` (``ingested/``, ``dataset/``, ``class_weights.json``, ``report/``). Returns
     ``{"manifest", "preprocess", "class_weights", "report"}``: each step's result."""
-    manifest = ingest(source, out / "ingested", data_format, progress=progress)
+    manifest = ingest(source, out / "ingested", data_format, progress=progress,
+                      label_map=label_map)
     prep = preprocess(out / "ingested", out / "dataset", val_fraction, test_fraction, seed,
                       drop_duplicates, max_train_per_class)
     weights = class_weights(out / "dataset", out / "class_weights.json", weights_mode)

@@ -68,11 +68,18 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path,
 
 
 def format_run_summary(summary: dict[str, Any]) -> str:
-    """The text the CLI prints for :func:`run_local`'s ``summary``: each variant's val scores,
-    the winner, its test score and gate, and the deployment."""
-    lines = ["", "=" * 72, f"pipeline finished in {summary['seconds']:.0f} s", "variants:"]
+    """The text the CLI prints for :func:`run_local`'s ``summary``: the CV table (with
+    folds), each variant's val scores, the winner, its test score and gate, and the
+    deployment."""
+    from components.cv import describe_selection
+
+    lines = ["", "=" * 72, f"pipeline finished in {summary['seconds']:.0f} s"]
+    if cv := describe_selection(summary["selection"]):
+        lines.append(cv)
+    lines.append("variants:")
     for row in summary["selection"]["leaderboard"]:
-        lines.append(f"  {row['architecture']:<16} val macro F1 {row['val_macro_f1']:.4f}  "
+        name = row["architecture"] + ("" if row.get("fold") is None else f" fold {row['fold']}")
+        lines.append(f"  {name:<16} val macro F1 {row['val_macro_f1']:.4f}  "
                      f"val accuracy {row['val_accuracy']:.4f}  epochs {row['epochs_run'] or '-'}")
         if row.get("teacher"):
             teacher_f1 = row.get("teacher_val_macro_f1")

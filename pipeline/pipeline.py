@@ -5,6 +5,11 @@ With a ``teacher`` (a served model: "champion", "bundled" or a SavedModel versio
 its probabilities for the train faces are computed once, and every variant is a student
 distilled from them (``recipe.distill_weight``).
 
+With ``folds`` >= 2 the architectures are compared by k-fold cross-validation over train +
+val (:mod:`components.cv`): a train task per architecture and fold, the best CV mean val
+macro F1 wins, and ``cv_final`` says what goes on: "retrain" (the winner trained on the
+splits as they are) or "ensemble" (the average of its fold models).
+
 Compile it with ``fer-pipeline compile`` (or ``python -m pipeline.pipeline``); run it locally
 with ``fer-pipeline run``; submit it to a cluster with ``fer-pipeline submit``.
 
@@ -20,7 +25,6 @@ makes that pipeline; ``fer_pipeline`` is the default one. (KFP 2.17 cannot take 
 pipeline parameters inside a ``ParallelFor``: the loop does not receive those parameters.)
 """
 
-from dataclasses import dataclass
 from typing import List, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
@@ -39,6 +43,7 @@ from components.kfp_components import (
     skip_deploy_op,
     teacher_op,
     train_op,
+    train_plan_op,
 )
 from components.train.recipe import TrainConfig
 from pipeline.cluster import TRAIN_IMAGE, TrainResources, parse_volume  # noqa: F401 (re-exported)
@@ -96,8 +101,12 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
         teacher: str = "",
         ensemble: bool = False,
         classic_baseline: bool = False,
+        label_map: str = "",
+        folds: int = 0,
+        cv_final: str = "retrain",
     ) -> NamedTuple("Outputs", leaderboard=str, decision=str, deployment=str):
-        ingest = configure(ingest_op(source=source, data_format=data_format))
+        ingest = configure(ingest_op(source=source, data_format=data_format,
+                                     label_map=label_map))
         if io_retries:
             ingest.set_retry(io_retries, **IO_BACKOFF)
         prep = configure(preprocess_op(dataset=ingest.outputs["dataset"],
@@ -116,15 +125,20 @@ def build_pipeline(image: str = TRAIN_IMAGE, resources: TrainResources = TrainRe
                                       serving_base=serving_base, model_name=model_name,
                                       checkpoint_root=checkpoint_root))
 
-        with dsl.ParallelFor(architectures) as architecture:
+        # One train task per architecture, or with folds >= 2 per architecture and fold
+        # (components.cv): the plan lists them, and checks the CV settings before training.
+        plan = configure(train_plan_op(architectures=architectures, folds=folds,
+                                       cv_final=cv_final, ensemble=ensemble, teacher=teacher))
+        with dsl.ParallelFor(plan.output) as variant:
             trained = resources.apply(configure(train_op(
                 dataset=prep.outputs["splits"], weights=weights.outputs["weights"],
                 teacher=taught.outputs["predictions"],
-                architecture=architecture, seed=seed, model_options=model_options,
-                checkpoint_root=checkpoint_root, recipe=recipe)))
+                architecture=variant.architecture, seed=seed, model_options=model_options,
+                checkpoint_root=checkpoint_root, recipe=recipe, fold=variant.fold,
+                folds=folds)))
         best = configure(select_best_op(models=dsl.Collected(trained.outputs["model"]),
                                         dataset=prep.outputs["splits"], ensemble=ensemble,
-                                        recipe=recipe))
+                                        recipe=recipe, cv_final=cv_final))
 
         # Never cached: the champion may change between identical runs.
         evaluation = configure(evaluate_op(

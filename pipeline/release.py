@@ -46,6 +46,9 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
     model it is without naming a machine's paths (a version and its content fingerprint)."""
     training = metrics.get("training", {})
     config = training.get("config", {})
+    names = tuple(metrics.get("class_names") or CLASS_NAMES)  # the label set, in id order
+    classes = ("the seven FER2013 classes" if names == CLASS_NAMES
+               else f"{len(names)} classes")
     split = metrics.get("split", "test")
     tta = metrics.get("tta", "none")
     if "tta_metrics" in metrics or tta == "none":  # TTA, if any, in signatures of its own
@@ -67,8 +70,8 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
         f"{training.get('parameters', 0):,} parameters; {served}.",
         "- Input: 48x48 grayscale faces, pixels 0-255 (`serving_default`, input `pixels`), or "
         "encoded images of any size (`predict_images`, input `image_bytes`).",
-        "- Output: `probabilities` over the seven FER2013 classes, `class_id`, `class_name`; "
-        "labels " + ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES)) + ".",
+        f"- Output: `probabilities` over {classes}, `class_id`, `class_name`; "
+        "labels " + ", ".join(f"{i} {n}" for i, n in enumerate(names)) + ".",
         "",
         "## Data and recipe",
         "",
@@ -143,7 +146,7 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
                         f"{ci['macro_f1'][0]:.4f} to {ci['macro_f1'][1]:.4f}.", ""]
         lines[-2] = "| class | precision | recall | F1 | F1 95% interval | support |"
         lines[-1] = "|---|---:|---:|---:|---:|---:|"
-    for name in CLASS_NAMES:
+    for name in names:
         c = metrics["per_class"][name]
         band = (f" {ci['per_class_f1'][name][0]:.3f} to {ci['per_class_f1'][name][1]:.3f} |"
                 if ci else "")
@@ -174,7 +177,7 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
     if baseline:
         lines += ["", f"Classic HOG + linear SVM on the same faces: accuracy "
                       f"{baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}."]
-    worst = min(CLASS_NAMES, key=lambda n: metrics["per_class"][n]["f1"])
+    worst = min(names, key=lambda n: metrics["per_class"][n]["f1"])
     lines += [
         "",
         "## Known limits",

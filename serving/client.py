@@ -4,11 +4,13 @@
     rest.predict_pixels(faces)            # float [N,48,48,1] or uint8 [N,48,48], 0-255
     rest.predict_images([jpeg_bytes])     # encoded images, any size
     rest.predict_pixels(faces, tta=True)  # the TTA signature: averaged views, slower
-    rest.explain_pixels(faces)            # + "heatmaps" [N,7,48,48]: Grad-CAM per class
+    rest.explain_pixels(faces)            # + "heatmaps" [N,K,48,48]: Grad-CAM per class
+    rest.class_names()                    # the model's label set: ("angry", ..., "neutral")
     grpc_client = GrpcClient("127.0.0.1:8500", "fer")
     local = LocalClient("serving/model/fer/1")   # in-process, no server
 
-All return ``{"probabilities": float32 [N,7], "class_id": int64 [N], "class_name": [N] str}``;
+The predictions return ``{"probabilities": float32 [N,K], "class_id": int64 [N],
+"class_name": [N] str}``, K the size of the model's label set (``class_names()``);
 the remote ones raise :class:`ClientError` with the server's message on failure. Only
 the gRPC and in-process clients load TensorFlow (the gRPC stubs' protos live in it): a REST
 client needs requests and numpy.
@@ -32,7 +34,10 @@ from serving.contract import (
     IMAGES_INPUT,
     PIXELS_INPUT,
     PROBABILITIES,
+    SIGNATURE_CLASS_NAMES,
     SIGNATURE_EXPLAIN,
+    SIGNATURE_PIXELS,
+    served_class_names,
     signature_name,
 )
 from serving.limits import Limits, ServingError
@@ -69,7 +74,43 @@ def _result(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
     return result
 
 
-class RestClient:
+def probability_width(signature_defs: dict[str, Any]) -> int | None:
+    """The class axis of ``serving_default``'s probabilities in a REST metadata response's
+    signature definitions, or ``None`` when it does not say."""
+    try:
+        dims = signature_defs[SIGNATURE_PIXELS]["outputs"][PROBABILITIES]["tensor_shape"]["dim"]
+        width = int(dims[-1]["size"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return width if width > 0 else None
+
+
+class _LabelSet:
+    """``class_names()`` for the clients: the label set of the model they call, asked once
+    through the contract (the metadata's output width, the ``class_names`` signature)."""
+
+    _classes: tuple[str, ...] | None = None
+
+    def _width_and_lookup(self) -> tuple[int | None, bool]:
+        raise NotImplementedError
+
+    def _lookup(self, ids: np.ndarray) -> list[str]:
+        raise NotImplementedError
+
+    def class_names(self, fresh: bool = False) -> tuple[str, ...]:
+        """The model's class names in id order: its ``class_names`` signature's answer for
+        ids 0..K-1 (K its output width); FER2013's for a model without it (the bundled one).
+        Asked once, or again with ``fresh`` (a new version may have been loaded)."""
+        if self._classes is None or fresh:
+            width, lookup = self._width_and_lookup()
+            named = None
+            if lookup and width:
+                named = self._lookup(np.arange(width, dtype=np.int64))
+            self._classes = served_class_names(width, named)
+        return self._classes
+
+
+class RestClient(_LabelSet):
     """A client of TF Serving's REST API at ``url`` for the model ``model_name``: its latest
     version, or the ``version`` or ``label`` named."""
 
@@ -107,6 +148,14 @@ class RestClient:
         """The model's metadata response, with its signature definitions."""
         return self._call("GET", "/metadata")
 
+    def _width_and_lookup(self) -> tuple[int | None, bool]:
+        defs = self.metadata()["metadata"]["signature_def"]["signature_def"]
+        return probability_width(defs), SIGNATURE_CLASS_NAMES in defs
+
+    def _lookup(self, ids: np.ndarray) -> list[str]:
+        body = {"signature_name": SIGNATURE_CLASS_NAMES, "instances": ids.tolist()}
+        return [str(n) for n in self._call("POST", ":predict", body)["predictions"]]
+
     def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Predictions for 48x48 faces (see :func:`as_pixels`) through the ``serving_default``
         signature, or ``serving_tta`` (the TTA average) with ``tta``."""
@@ -129,7 +178,7 @@ class RestClient:
         return _result({k: [r[k] for r in rows] for k in rows[0]})
 
 
-class GrpcClient:
+class GrpcClient(_LabelSet):
     """A client of TF Serving's gRPC API at ``target`` (``host:port``) for the model
     ``model_name``: its latest version, or the ``version`` or ``label`` named."""
 
@@ -153,7 +202,8 @@ class GrpcClient:
         elif self.label:
             spec.version_label = self.label
 
-    def _predict(self, signature: str, input_name: str, value: Any) -> dict[str, np.ndarray]:
+    def _predict(self, signature: str, input_name: str, value: Any,
+                 names_only: bool = False) -> Any:
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
@@ -166,6 +216,8 @@ class GrpcClient:
         except grpc.RpcError as exc:
             raise ClientError(f"gRPC Predict failed: {exc.code().name}: {exc.details()}",
                               exc.code()) from exc
+        if names_only:
+            return [n.decode() for n in tf.make_ndarray(response.outputs[CLASS_NAME])]
         return _result({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
 
     def predict_pixels(self, faces: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
@@ -195,12 +247,26 @@ class GrpcClient:
             raise ClientError(f"gRPC GetModelMetadata failed: {exc.code().name}: "
                               f"{exc.details()}", exc.code()) from exc
 
+    def _width_and_lookup(self) -> tuple[int | None, bool]:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        self.metadata().metadata["signature_def"].Unpack(defs)
+        outputs = defs.signature_def[SIGNATURE_PIXELS].outputs if (
+            SIGNATURE_PIXELS in defs.signature_def) else {}
+        dims = outputs[PROBABILITIES].tensor_shape.dim if PROBABILITIES in outputs else []
+        width = int(dims[-1].size) if dims and dims[-1].size > 0 else None
+        return width, SIGNATURE_CLASS_NAMES in defs.signature_def
+
+    def _lookup(self, ids: np.ndarray) -> list[str]:
+        return self._predict(SIGNATURE_CLASS_NAMES, CLASS_ID, ids, names_only=True)
+
     def close(self) -> None:
         """Close the gRPC channel."""
         self.channel.close()
 
 
-class LocalClient:
+class LocalClient(_LabelSet):
     """The same calls on a SavedModel version directory loaded in this process."""
 
     def __init__(self, version_dir: str | Path):
@@ -212,6 +278,16 @@ class LocalClient:
 
         self.version_dir = path
         self.model = load_version(str(path), int(path.name) if path.name.isdigit() else 0)
+
+    def _width_and_lookup(self) -> tuple[int | None, bool]:
+        outputs = self.model.signature_defs[SIGNATURE_PIXELS].outputs
+        dims = outputs[PROBABILITIES].tensor_shape.dim
+        width = int(dims[-1].size) if dims and dims[-1].size > 0 else None
+        return width, SIGNATURE_CLASS_NAMES in self.model.signature_defs
+
+    def _lookup(self, ids: np.ndarray) -> list[str]:
+        out = self.model.predict(SIGNATURE_CLASS_NAMES, {CLASS_ID: ids})
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in out[CLASS_NAME]]
 
     def _predict(self, signature: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """The signature's outputs for ``inputs`` (one input), run in batches of the

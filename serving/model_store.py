@@ -31,11 +31,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from serving.contract import (
     ASSETS_EXTRA,
-    LABELS_FILE,
     PIXEL_RANGE,
     PIXELS_INPUT,
     SIGNATURE_PIXELS,
     WARMUP_FILE,
+    read_labels,
 )
 from serving.limits import (
     Limits,
@@ -234,8 +234,7 @@ def load_version(path: str, version: int) -> LoadedVersion:
     proto.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
     defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items()
             if not k.startswith("__")}
-    labels_file = Path(path) / ASSETS_EXTRA / LABELS_FILE
-    labels = labels_file.read_text().split() if labels_file.is_file() else []
+    labels = list(read_labels(path))
     loaded = LoadedVersion(version, path, dict(module.signatures), defs, labels, module)
     warmed = replay_warmup(loaded)
     log.info("loaded version %d from %s (%d warm-up requests)", version, path, warmed)

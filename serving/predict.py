@@ -54,6 +54,7 @@ class ImageResult:
     note: str = ""  # how the faces were found, when it is not by detection
     crops: list[np.ndarray] = field(default_factory=list, repr=False)  # 48x48 gray, as sent
     explanations: list[str] = field(default_factory=list)  # heatmap overlays written
+    classes: tuple[str, ...] = CLASS_NAMES  # the model's label set, in id order
 
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data: the image, per face its box, top emotion, confidence
@@ -62,8 +63,8 @@ class ImageResult:
         for box, probs in zip(self.boxes, self.probabilities):
             top = int(np.argmax(probs))
             faces.append({"box": {"x": box[0], "y": box[1], "w": box[2], "h": box[3]},
-                          "emotion": CLASS_NAMES[top], "confidence": round(probs[top], 4),
-                          PROBABILITIES: {n: round(p, 4) for n, p in zip(CLASS_NAMES, probs)}})
+                          "emotion": self.classes[top], "confidence": round(probs[top], 4),
+                          PROBABILITIES: {n: round(p, 4) for n, p in zip(self.classes, probs)}})
         for face, explanation in zip(faces, self.explanations):
             face["explanation"] = explanation
         return {"image": self.path, "faces": faces, "note": self.note or None,
@@ -119,8 +120,9 @@ def predict_paths(paths: list[str], client: RestClient | GrpcClient | LocalClien
     ``detector`` (:data:`serving.faces.DETECTORS`), in requests of at most ``batch`` faces
     (through the TTA signature with ``tta``); one result per image."""
     results, faces, owners = [], [], []
+    classes = client.class_names()
     for path, error in expand_inputs([str(p) for p in paths]):
-        result = ImageResult(path, error=error)
+        result = ImageResult(path, error=error, classes=classes)
         results.append(result)
         if error:
             continue
@@ -157,7 +159,7 @@ def annotate(path: str | Path, result: ImageResult, output: Path) -> Path:
         x, y, w, h = box
         top = int(np.argmax(probs))
         cv2.rectangle(image, (x, y), (x + w, y + h), (0, 200, 0), max(2, int(2 * scale)))
-        label = f"{CLASS_NAMES[top]} {probs[top]:.0%}"
+        label = f"{result.classes[top]} {probs[top]:.0%}"
         cv2.putText(image, label, (x, max(y - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5 * max(scale, 1), (0, 200, 0), max(1, int(scale)), cv2.LINE_AA)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,7 @@ def explain_results(results: list[ImageResult], client: RestClient | GrpcClient 
         for (result, k), probs, maps in zip(chunk, explained[PROBABILITIES],
                                             explained[HEATMAPS]):
             top = int(np.argmax(probs))
-            path = output / f"{Path(result.path).stem}.face{k}.{CLASS_NAMES[top]}.explain.png"
+            path = output / f"{Path(result.path).stem}.face{k}.{result.classes[top]}.explain.png"
             write_overlay(result.crops[k], maps[top], path)
             result.explanations.append(str(path))
     return len(owners)
@@ -202,16 +204,16 @@ def format_results(results: list[ImageResult]) -> str:
     """The results as the CLI's text: per image its faces, each with its box, top emotion and
     every class's probability, or the image's error."""
     lines = []
-    header = "  " + " ".join(f"{n[:8]:>8}" for n in CLASS_NAMES)
     for r in results:
         if r.error and not r.boxes:
             lines.append(f"{r.path}: {r.error}")
             continue
         note = f" ({r.note})" if r.note else ""
         lines.append(f"{r.path}: {len(r.boxes)} face{'s' if len(r.boxes) != 1 else ''}{note}")
+        header = "  " + " ".join(f"{n[:8]:>8}" for n in r.classes)
         lines.append(f"  {'box (x,y,w,h)':<22}{'emotion':<10}" + header)
         for box, probs in zip(r.boxes, r.probabilities):
-            top = CLASS_NAMES[int(np.argmax(probs))]
+            top = r.classes[int(np.argmax(probs))]
             lines.append(f"  {box!s:<22}{top:<10}  " + " ".join(f"{p:>8.3f}" for p in probs))
     if len(results) > 1:
         lines.append(summary_line(results))
@@ -220,10 +222,11 @@ def format_results(results: list[ImageResult]) -> str:
 
 def summary_line(results: list[ImageResult]) -> str:
     """One line over all images: how many, how many faces, the emotions found, the failures."""
-    tops = Counter(CLASS_NAMES[int(np.argmax(p))] for r in results for p in r.probabilities)
+    tops = Counter(r.classes[int(np.argmax(p))] for r in results for p in r.probabilities)
     faces = sum(tops.values())
     failed = sum(1 for r in results if r.error)
-    found = ", ".join(f"{name} {tops[name]}" for name in CLASS_NAMES if tops[name])
+    names = dict.fromkeys(n for r in results for n in r.classes)  # in id order
+    found = ", ".join(f"{name} {tops[name]}" for name in names if tops[name])
     return (f"{len(results)} images, {faces} face{'s' if faces != 1 else ''}"
             f"{': ' + found if found else ''}{f'; {failed} failed' if failed else ''}")
 

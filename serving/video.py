@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -141,18 +141,19 @@ class FrameRow:
     probabilities: np.ndarray
     smoothed: np.ndarray
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: frame, time, track, box, raw and smoothed top emotion and probabilities."""
+    def as_dict(self, classes: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+        """JSON-ready: frame, time, track, box, raw and smoothed top emotion and probabilities
+        (named by ``classes``, the model's label set)."""
         top, stop = int(np.argmax(self.probabilities)), int(np.argmax(self.smoothed))
         x, y, w, h = self.box
         return {"frame": self.frame, "time_s": round(self.time_s, 3), "track": self.track,
                 "box": {"x": x, "y": y, "w": w, "h": h}, "detected": self.detected,
-                "emotion": CLASS_NAMES[top], "confidence": round(float(self.probabilities[top]), 4),
+                "emotion": classes[top], "confidence": round(float(self.probabilities[top]), 4),
                 PROBABILITIES: {n: round(float(p), 4)
-                                for n, p in zip(CLASS_NAMES, self.probabilities)},
-                "smoothed_emotion": CLASS_NAMES[stop],
+                                for n, p in zip(classes, self.probabilities)},
+                "smoothed_emotion": classes[stop],
                 "smoothed_confidence": round(float(self.smoothed[stop]), 4),
-                "smoothed": {n: round(float(p), 4) for n, p in zip(CLASS_NAMES, self.smoothed)}}
+                "smoothed": {n: round(float(p), 4) for n, p in zip(classes, self.smoothed)}}
 
 
 @dataclass
@@ -426,6 +427,7 @@ class VideoResult:
         "total": 0.0, "detection": 0.0, "classification": 0.0})
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    classes: tuple[str, ...] = CLASS_NAMES  # the model's label set, in id order
 
     @property
     def rows(self) -> list[FrameRow]:
@@ -459,7 +461,7 @@ class VideoResult:
         and the mean probabilities."""
         out = []
         for t in self.tracks:
-            tops = Counter(CLASS_NAMES[int(np.argmax(r.smoothed))] for r in t.rows)
+            tops = Counter(self.classes[int(np.argmax(r.smoothed))] for r in t.rows)
             emotion, count = tops.most_common(1)[0]
             mean = np.mean([r.probabilities for r in t.rows], axis=0)
             out.append({"track": t.id, "first_frame": t.rows[0].frame,
@@ -468,7 +470,7 @@ class VideoResult:
                         "end_s": round(t.rows[-1].time_s, 3), "emotion": emotion,
                         "share": round(count / len(t.rows), 3),
                         "mean_" + PROBABILITIES: {n: round(float(p), 4)
-                                                  for n, p in zip(CLASS_NAMES, mean)},
+                                                  for n, p in zip(self.classes, mean)},
                         "timeline": self.outputs.get("timelines", {}).get(t.id)})
         return out
 
@@ -484,7 +486,7 @@ class VideoResult:
                 "outputs": self.outputs or None, "note": self.note or None,
                 "error": self.error or None}
         if rows:
-            data["rows"] = [r.as_dict() for r in self.rows]
+            data["rows"] = [r.as_dict(self.classes) for r in self.rows]
         return data
 
 
@@ -501,7 +503,7 @@ def analyse_video(path: str | Path, client: Client | Callable[[], Client],
     if callable(client):  # the clients themselves are not callable
         client = client()
     detector = detector or get_detector(options.detector)
-    result = VideoResult(str(path), info, options)
+    result = VideoResult(str(path), info, options, classes=client.class_names())
     tracker = Tracker(options.max_missed)
     from tqdm import tqdm
 
@@ -550,7 +552,7 @@ def render(path: str | Path, result: VideoResult, target: Path,
                 shown = by_frame.get(index, [])
             if frame.shape[:2] != (info.height, info.width):
                 frame = cv2.resize(frame, (info.width, info.height))
-            writer.write(draw(frame, shown))
+            writer.write(draw(frame, shown, result.classes))
             tick()
     finally:
         capture.release()
@@ -596,8 +598,10 @@ def _analyse_frame(frame: np.ndarray, index: int, fps: float, tracker: Tracker,
         track.observe(index, index / fps, face, detected, p, options.smoothing)
 
 
-def draw(frame: np.ndarray, rows: list[FrameRow]) -> np.ndarray:
-    """``frame`` with each row's box, track id and smoothed top emotion drawn on it."""
+def draw(frame: np.ndarray, rows: list[FrameRow],
+         classes: Sequence[str] = CLASS_NAMES) -> np.ndarray:
+    """``frame`` with each row's box, track id and smoothed top emotion (of ``classes``)
+    drawn on it."""
     scale = max(frame.shape[:2]) / 640
     thick = max(1, round(2 * scale))
     for row in rows:
@@ -605,7 +609,7 @@ def draw(frame: np.ndarray, rows: list[FrameRow]) -> np.ndarray:
         colour = PALETTE[(row.track - 1) % len(PALETTE)]
         top = int(np.argmax(row.smoothed))
         cv2.rectangle(frame, (x, y), (x + w, y + h), colour, thick)
-        label = f"#{row.track} {CLASS_NAMES[top]} {row.smoothed[top]:.0%}"
+        label = f"#{row.track} {classes[top]} {row.smoothed[top]:.0%}"
         at, size, weight = (x, max(y - 6, 14)), 0.55 * max(scale, 0.6), max(1, round(scale))
         cv2.putText(frame, label, at, FONT, size, (0, 0, 0), weight + 2, cv2.LINE_AA)  # outline
         cv2.putText(frame, label, at, FONT, size, colour, weight, cv2.LINE_AA)
@@ -614,19 +618,21 @@ def draw(frame: np.ndarray, rows: list[FrameRow]) -> np.ndarray:
 
 # --------------------------------------------------------------------------- outputs
 
-CSV_FIELDS = ("frame", "time_s", "track", "x", "y", "w", "h", "detected", "emotion",
-              "confidence", "smoothed_emotion", "smoothed_confidence",
-              *CLASS_NAMES, *(f"smoothed_{n}" for n in CLASS_NAMES))
+def csv_fields(classes: Sequence[str] = CLASS_NAMES) -> tuple[str, ...]:
+    """The CSV's columns: the row's, then each class's probability, raw and smoothed."""
+    return ("frame", "time_s", "track", "x", "y", "w", "h", "detected", "emotion",
+            "confidence", "smoothed_emotion", "smoothed_confidence",
+            *classes, *(f"smoothed_{n}" for n in classes))
 
 
 def write_csv(result: VideoResult, path: Path) -> Path:
-    """A row per analysed frame per track seen in it (:data:`CSV_FIELDS`); only the header
+    """A row per analysed frame per track seen in it (:func:`csv_fields`); only the header
     when no face was found."""
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(CSV_FIELDS)
+        out.writerow(csv_fields(result.classes))
         for r in result.rows:
-            d = r.as_dict()
+            d = r.as_dict(result.classes)
             out.writerow([r.frame, d["time_s"], r.track, *r.box, int(r.detected), d["emotion"],
                           d["confidence"], d["smoothed_emotion"], d["smoothed_confidence"],
                           *(f"{p:.4f}" for p in r.probabilities),
@@ -634,7 +640,8 @@ def write_csv(result: VideoResult, path: Path) -> Path:
     return path
 
 
-def write_timeline(track: Track, path: Path, title: str) -> Path:
+def write_timeline(track: Track, path: Path, title: str,
+                   classes: Sequence[str] = CLASS_NAMES) -> Path:
     """A PNG of each class's smoothed probability over time for one track (matplotlib's Agg
     canvas, no global backend), with each analysed frame's raw top probability as a dot in its
     class's colour."""
@@ -647,7 +654,7 @@ def write_timeline(track: Track, path: Path, title: str) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     colours = ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#7f7f7f")
-    for k, name in enumerate(CLASS_NAMES):
+    for k, name in enumerate(classes):
         ax.plot(times, smoothed[:, k], label=name, color=colours[k % len(colours)],
                 linewidth=1.6, marker="." if len(times) < 3 else None)
     raw = np.array([r.probabilities for r in track.rows])
@@ -676,7 +683,8 @@ def write_outputs(result: VideoResult, output: Path) -> None:
         title = (f"{Path(result.path).name}: track #{t.id}, frames {t.rows[0].frame}-"
                  f"{t.rows[-1].frame} (smoothing {result.options.smoothing})")
         result.outputs["timelines"][t.id] = str(
-            write_timeline(t, output / f"{stem}.track{t.id}.timeline.png", title))
+            write_timeline(t, output / f"{stem}.track{t.id}.timeline.png", title,
+                           result.classes))
     json_path = output / f"{stem}.emotions.json"
     result.outputs["json"] = str(json_path)
     json_path.write_text(json.dumps(result.as_dict(rows=True), indent=1))

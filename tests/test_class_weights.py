@@ -62,7 +62,7 @@ def test_unknown_mode(tmp_path):
 def test_load_rejects_bad_artifacts(tmp_path, content, message):
     (tmp_path / "w.json").write_text(content)
     with pytest.raises(DataError, match=message):
-        load_class_weights(tmp_path / "w.json")
+        load_class_weights(tmp_path / "w.json", num_classes=7)
 
 
 def test_val_split_does_not_count(tmp_path):

@@ -60,7 +60,7 @@ def test_compile_for_a_cluster_image(tmp_path):
                  "--serving-base", "gs://m/serving", "--gpus", "2", "--train-memory", "32G"]) == 0
     spec = yaml.safe_load(out.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 11
+    assert len(executors) == 12  # with the train plan (components.cv)
     assert {name: e["container"]["image"] for name, e in executors.items()} == {
         name: image for name in executors}
     # The train task asks for the GPUs, CPU and memory.

@@ -21,7 +21,7 @@ from components.export import (
 )
 from components.images import decode_image
 from components.ingest.readers import decode_face
-from serving.contract import CLASS_NAMES
+from serving.contract import CLASS_NAMES, SIGNATURE_CLASS_NAMES
 from tests.helpers import face_pixels, real_faces
 
 
@@ -160,7 +160,7 @@ def test_warmup_requests_replay_against_the_saved_model(exported):
     loaded = tf.saved_model.load(str(path))
     records = list(tf.data.TFRecordDataset(str(path / "assets.extra" /
                                                "tf_serving_warmup_requests")))
-    assert len(records) == 6
+    assert len(records) == 7
     signatures = []
     for raw in records:
         log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
@@ -169,9 +169,12 @@ def test_warmup_requests_replay_against_the_saved_model(exported):
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         out = loaded.signatures[request.model_spec.signature_name](
             **{k: tf.constant(v) for k, v in inputs.items()})
-        assert out["probabilities"].shape[1] == 7
+        if request.model_spec.signature_name == SIGNATURE_CLASS_NAMES:  # names ids 0..6
+            assert [n.decode() for n in out["class_name"].numpy()] == list(CLASS_NAMES)
+        else:
+            assert out["probabilities"].shape[1] == 7
     assert signatures == [SIGNATURE_PIXELS, SIGNATURE_PIXELS, SIGNATURE_IMAGES,
-                          "explain", "explain", "explain_images"]
+                          "explain", "explain", "explain_images", SIGNATURE_CLASS_NAMES]
 
 
 def test_every_weight_is_stored_once(exported, trained_model):

@@ -360,9 +360,11 @@ def test_dataset_artifact_round_trip(subset, tmp_path):
     ingest(str(subset), tmp_path, progress=False)
     ds = FaceDataset.load(tmp_path)
     with np.load(tmp_path / "faces.npz") as raw:
-        assert set(raw.files) == {"images", "labels", "splits", "source_ids"}
+        assert set(raw.files) == {"images", "labels", "splits", "source_ids", "class_names"}
         assert raw["images"].dtype == np.uint8 and raw["labels"].dtype == np.int64
+        assert list(raw["class_names"]) == list(CLASS_NAMES)  # the label set travels along
     assert len(ds.split(TRAIN)) == 21 and len(ds.split(VAL)) == 0
+    assert ds.class_names == CLASS_NAMES and ds.split(TRAIN).class_names == CLASS_NAMES
 
 
 def test_in_memory_bytes_decode_like_files(subset):

@@ -121,7 +121,7 @@ def val_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float
     pred = np.asarray(probabilities).argmax(axis=1)
     return {"val_accuracy": round(float(accuracy_score(labels, pred)), 6),
             "val_macro_f1": round(float(f1_score(labels, pred, average="macro",
-                                                 labels=list(range(NUM_CLASSES)),
+                                                 labels=list(range(np.shape(probabilities)[-1])),
                                                  zero_division=0)), 6)}
 
 
@@ -135,7 +135,7 @@ def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: 
     Returns the model with the :class:`PriorAdjustment` head, the val probabilities it
     serves ([N,K]) and the record a summary keeps (tau, prior, val figures before it).
     """
-    prior = class_prior(train_labels)  # add-one smoothed: uniform without train labels
+    prior = class_prior(train_labels, np.shape(val_proba)[-1])  # add-one smoothed: uniform without train labels
     tau, sweep = choose_tau(val_proba, val_labels, prior)
     plain = next(r for r in sweep if r["tau"] == 0.0)
     record = {"tau": tau, "prior": [round(float(p), 6) for p in prior],

@@ -49,7 +49,7 @@ from components.train.recipe import TrainConfig, config_record
 
 TEACHER = "teacher"  # init_from: start from the distillation teacher's weights
 from components.train.tta import view_probabilities
-from serving.contract import FACE_SHAPE, MODEL_FILE, NUM_CLASSES, SUMMARY_FILE
+from serving.contract import FACE_SHAPE, MODEL_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError(f"{dataset_dir}: training needs train and val items "
                         f"(got {len(train_set)} train, {len(val_set)} val)")
-    weights = (load_class_weights(class_weights_path)
+    weights = (load_class_weights(class_weights_path, data.num_classes)
                if class_weights_path and config.class_balance == "weights" else None)
     targets, distillation = None, None
     if config.teacher_predictions is not None:
@@ -101,8 +101,8 @@ def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
     return finalise(config, fitted, train_set, val_set, Path(output_dir), distillation)
 
 
-def _build(config: TrainConfig) -> keras.Model:
-    return build_model(config.architecture, input_shape=FACE_SHAPE, num_classes=NUM_CLASSES,
+def _build(config: TrainConfig, num_classes: int) -> keras.Model:
+    return build_model(config.architecture, input_shape=FACE_SHAPE, num_classes=num_classes,
                        **config.model_kwargs)
 
 
@@ -121,7 +121,7 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
     train_ds, val_ds = training_batches(config, train_set, val_set, targets)
 
     with dtype_policy("mixed_float16" if mixed else None), strategy.scope():
-        model = _build(config)
+        model = _build(config, train_set.num_classes)
         if config.init_from:
             count = load_initial_weights(model, config.init_from)
             print(f"[train] {count} weights from {config.init_from}", flush=True)
@@ -144,7 +144,7 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
 
     if mixed:  # a float32 twin: model.keras serves anywhere, CPUs included
         trained = model.get_weights()
-        model = _build(config)
+        model = _build(config, train_set.num_classes)
         model.set_weights(trained)
     return Fitted(model, history, seconds, int(strategy.num_replicas_in_sync), mixed)
 

@@ -47,15 +47,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.client import ClientError, RestClient
+from serving.client import ClientError, RestClient, probability_width
 from serving.contract import (
     CLASS_ID,
     CLASS_NAME,
-    CLASS_NAMES,
     HEATMAPS,
     PROBABILITIES,
     SIGNATURE_EXPLAIN,
     SIGNATURE_PIXELS,
+    served_class_names,
 )
 from serving.faces import DEFAULT_DETECTOR, DETECTORS, Face, face_crop, get_detector
 from serving.limits import Limits, image_pixels, short
@@ -121,10 +121,12 @@ class ModelInfo:
                 "explain": self.explain}
 
 
-def model_info(name: str, metadata: dict[str, Any]) -> ModelInfo:
+def model_info(name: str, metadata: dict[str, Any],
+               named: tuple[str, ...] | None = None) -> ModelInfo:
     """The :class:`ModelInfo` in a TF Serving REST metadata response: the version, whether
-    the ``explain`` signature is there, and the class names (the contract's, when the
-    probabilities have as many columns; else numbered, until the model names them)."""
+    the ``explain`` signature is there, and the class names: ``named`` (what the model's
+    ``class_names`` signature says) when they fit the probabilities' width, else the
+    contract's default for that width."""
     try:
         signatures = metadata["metadata"]["signature_def"]["signature_def"]
         version = str(metadata.get("model_spec", {}).get("version", ""))
@@ -134,14 +136,7 @@ def model_info(name: str, metadata: dict[str, Any]) -> ModelInfo:
     if SIGNATURE_PIXELS not in signatures:
         raise PageError(502, f"the model {name!r} has no {SIGNATURE_PIXELS} signature",
                         "model")
-    width = None
-    try:
-        dims = signatures[SIGNATURE_PIXELS]["outputs"][PROBABILITIES]["tensor_shape"]["dim"]
-        width = int(dims[-1]["size"])
-    except (KeyError, TypeError, ValueError, IndexError):
-        pass
-    classes = (tuple(CLASS_NAMES) if width in (None, -1, len(CLASS_NAMES))
-               else tuple(f"class {k}" for k in range(width)))
+    classes = served_class_names(probability_width(signatures), named)
     return ModelInfo(name, version, classes, SIGNATURE_EXPLAIN in signatures)
 
 
@@ -174,9 +169,13 @@ class ModelLink:
             return kept[2]
         try:
             metadata = self.client().metadata()
+            named = self.client().class_names(fresh=True)
         except ClientError as exc:
             raise model_error(exc, self) from exc
-        info = model_info(self.model_name, metadata)
+        except (KeyError, TypeError) as exc:  # metadata without signatures: said below
+            log.debug("no class names from %s: %s", self.url, exc)
+            named = None
+        info = model_info(self.model_name, metadata, named)
         self._info = (now, self.url or "", info)
         return info
 
