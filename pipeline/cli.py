@@ -270,11 +270,13 @@ def add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
 def label_map(spec: str) -> str:
     """A ``--label-map`` value, checked: a named map or JSON (a .json file is read here, so
     a compiled or submitted pipeline carries its content, not a path on this machine)."""
-    from components.labels import LabelMapError, label_set
+    from components.labels import FOLDERS, LabelMapError, label_set
 
     text = spec.strip()
+    if text == FOLDERS:  # known only once the source is read
+        return text
     try:
-        label_set(text)  # "folders" is only known once the source is read
+        label_set(text)
     except LabelMapError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return Path(text).read_text() if text.endswith(".json") else text

@@ -513,5 +513,5 @@ def run_web(url: str, model_name: str = "fer", host: str = "127.0.0.1", port: in
     shown = f"[{host}]" if ":" in host else host
     print(f"the page: http://{shown}:{port}/  (Ctrl+C stops)", flush=True)
     uvicorn.run(create_web_app(url, model_name, limits, timeout), host=host, port=port,
-                log_level="warning", access_log=False)
+                log_level="warning", log_config=None, access_log=False)
     return 0
