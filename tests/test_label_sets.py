@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from components.dataset import FaceDataset
 from components.ingest import ingest
@@ -178,8 +179,17 @@ def test_a_label_set_runs_end_to_end_and_is_served_with_its_labels(
         grpc_client.close()
     assert LocalClient(version).class_names() == names
 
-    # the predict CLI, through fer-serve and in-process, names the label set's classes
+    # the web page's backend (fer-serve serves it on the REST port) names them too
+    page = f"http://127.0.0.1:{server.rest_port}/web"
+    assert requests.get(f"{page}/model", timeout=30).json()["classes"] == list(names)
     photo = real_faces("test", "happy", 1)[0]
+    analysed = requests.post(f"{page}/analyze?whole=1", data=photo.read_bytes(),
+                             timeout=60).json()
+    assert analysed["classes"] == list(names)
+    [face] = analysed["faces"]
+    assert list(face["probabilities"]) == list(names) and face["emotion"] in names
+
+    # the predict CLI, through fer-serve and in-process, names the label set's classes
     assert main(["predict", str(photo), "--url", f"http://127.0.0.1:{server.rest_port}"]) == 0
     table = capsys.readouterr().out
     header = next(line for line in table.splitlines() if "emotion" in line)
