@@ -14,6 +14,9 @@ The predictions return ``{"probabilities": float32 [N,K], "class_id": int64 [N],
 the remote ones raise :class:`ClientError` with the server's message on failure. Only
 the gRPC and in-process clients load TensorFlow (the gRPC stubs' protos live in it): a REST
 client needs requests and numpy.
+
+Length: three clients of one contract (REST, gRPC, in-process) side by side, each a thin
+mapping of the same calls (predict, TTA, explain, class names) onto its transport.
 """
 
 from __future__ import annotations
@@ -105,7 +108,14 @@ class _LabelSet:
             width, lookup = self._width_and_lookup()
             named = None
             if lookup and width:
-                named = self._lookup(np.arange(width, dtype=np.int64))
+                ids = np.arange(width, dtype=np.int64)
+                try:
+                    named = self._lookup(ids)
+                except ClientError as exc:
+                    if getattr(exc.status, "name", exc.status) not in (400, "INVALID_ARGUMENT"):
+                        raise
+                    # a server whose batch limit is below K: one id per request
+                    named = [self._lookup(ids[i:i + 1])[0] for i in range(width)]
             self._classes = served_class_names(width, named)
         return self._classes
 

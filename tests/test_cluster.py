@@ -48,7 +48,7 @@ def test_training_image_is_pinned_non_root_and_installs_only_pinned_dependencies
 
 def test_every_component_names_the_training_image_in_one_place():
     ops = [getattr(kfp_components, name) for name in dir(kfp_components) if name.endswith("_op")]
-    assert len(ops) == 11  # the ten steps and the distillation teacher
+    assert len(ops) == 12  # the ten steps, the distillation teacher and the train plan
     for op in ops:
         assert op.component_spec.implementation.container.image == TRAIN_IMAGE, op.name
 

@@ -344,7 +344,8 @@ def test_tta_export_offers_one_pass_by_default_and_the_average_as_a_choice(
     result = export(trained_model, prepared / "dataset", tmp_path / "sm", tta="crops")
     assert result["tta"] == "crops"
     assert result["signatures"] == [SIGNATURE_PIXELS, SIGNATURE_IMAGES, SIGNATURE_PIXELS_TTA,
-                                    SIGNATURE_IMAGES_TTA, "explain", "explain_images"]
+                                    SIGNATURE_IMAGES_TTA, "explain", "explain_images",
+                                    "class_names"]
     record = json.loads((tmp_path / "sm" / "assets.extra" / "metrics.json").read_text())
     assert record["tta"] == "crops"
     loaded = tf.saved_model.load(str(tmp_path / "sm"))

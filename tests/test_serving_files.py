@@ -89,7 +89,7 @@ def test_fer_serve_command_serves(exported_model, tmp_path):
                                       "--file_system_poll_wait_seconds=1")
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
     assert code == 0
-    assert "loaded version 1" in out and "(6 warm-up requests)" in out
+    assert "loaded version 1" in out and "(7 warm-up requests)" in out
 
 
 def test_fer_serve_with_no_model_named_serves_the_bundled_one(exported_model, tmp_path, caplog):

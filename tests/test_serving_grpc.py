@@ -76,7 +76,7 @@ def test_metadata_with_stock_stub(stub):
     defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(defs)
     assert set(defs.signature_def) == {"serving_default", "predict_images", "explain",
-                                       "explain_images"}
+                                       "explain_images", "class_names"}
     assert defs.signature_def["serving_default"].inputs["pixels"].dtype == tf.float32.as_datatype_enum
     assert response.model_spec.version.value == 1
 

@@ -55,12 +55,25 @@ def test_status(server):
     assert requests.get(url(server, "/labels/stable"), timeout=10).json() == r.json()
 
 
+def test_the_class_names_signature_names_the_label_set(server):
+    r = post(server, ":predict", {"signature_name": "class_names", "instances": [6, 0, 3]})
+    assert r.status_code == 200 and r.json() == {"predictions": ["neutral", "angry", "happy"]}
+    from serving.client import RestClient
+
+    assert RestClient(f"http://127.0.0.1:{server.rest_port}").class_names() == CLASS_NAMES
+    # an id outside the label set is the caller's mistake, said as such; the server stays up
+    r = post(server, ":predict", {"signature_name": "class_names", "instances": [7]})
+    assert r.status_code == 400 and "error" in r.json()
+    assert requests.get(url(server), timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/metadata", "/versions/1/metadata", "/labels/stable/metadata"])
 def test_metadata(server, path):
     meta = requests.get(url(server, path), timeout=10).json()
     assert meta["model_spec"] == {"name": "fer", "signature_name": "", "version": "1"}
     defs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(defs) == {"serving_default", "predict_images", "explain", "explain_images"}
+    assert set(defs) == {"serving_default", "predict_images", "explain", "explain_images",
+                         "class_names"}
     pixels = defs["serving_default"]["inputs"]["pixels"]
     assert pixels["dtype"] == "DT_FLOAT"
     assert [int(d["size"]) for d in pixels["tensor_shape"]["dim"]] == [-1, 48, 48, 1]
