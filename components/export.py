@@ -8,8 +8,8 @@ The signatures, their inputs and outputs are those :mod:`serving.contract` decla
 the label set's ids, ...); this module builds them over a Keras model and checks the result
 against that declaration.
 
-``assets.extra/`` carries the label names (the dataset's label set) and the run's metrics. The export reloads what it
-wrote and refuses to emit it unless the predictions match the Keras model on real faces.
+``assets.extra/`` carries the label names (the dataset's label set) and the run's metrics.
+The export reloads what it wrote and refuses to emit it unless the predictions match the Keras model on real faces.
 """
 
 from __future__ import annotations

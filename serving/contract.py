@@ -15,12 +15,12 @@ Signatures (what TF Serving loads):
   ``{"b64": "..."}``);
 
 each returns ``probabilities`` float32 [N,K], ``class_id`` int64 [N], ``class_name``
-string [N], from one pass of the network; K is the size of the model's label set (FER2013's
-seven unless it was trained on another, see :func:`check_class_names`). A model exported with test-time augmentation
-also offers ``serving_tta`` and ``predict_images_tta``: the same inputs and outputs, the
-probabilities averaged over the views (more accurate, one network pass per view). A
-convolutional model also offers ``explain`` (pixels) and ``explain_images`` (encoded
-images): the single-pass outputs plus ``heatmaps`` float32 [N,7,48,48], per face and class
+string [N], from one pass of the network; K is the size of the model's label set
+(FER2013's seven unless it was trained on another, see :func:`check_class_names`). A model
+exported with test-time augmentation also offers ``serving_tta`` and ``predict_images_tta``:
+the same inputs and outputs, the probabilities averaged over the views (more accurate, one
+network pass per view). A convolutional model also offers ``explain`` (pixels) and ``explain_images`` (encoded
+images): the single-pass outputs plus ``heatmaps`` float32 [N,K,48,48], per face and class
 the Grad-CAM map in [0, 1] of where the network looked. ``class_names`` (``class_id``
 int64 [N] -> ``class_name`` string [N]) names any class id, so a client of plain TF Serving
 learns the whole label set (ids 0..K-1) through the same contract; a model without it (the
@@ -70,6 +70,8 @@ def served_class_names(width: int | None, named: Sequence[str] | None = None
     if width in (None, -1, NUM_CLASSES):
         return CLASS_NAMES
     return tuple(f"class_{k}" for k in range(width))
+
+
 #: Faces are IMAGE_SIZE x IMAGE_SIZE gray pixels, values 0-255.
 IMAGE_SIZE = 48
 FACE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -86,13 +88,13 @@ LABELS_FILE = "labels.txt"  # one class name a line, in class-id order
 WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving reads at load
 
 
-
 def read_labels(version_dir: str | Path) -> tuple[str, ...]:
     """The class names a SavedModel version directory lists in ``assets.extra/labels.txt``,
     in class-id order; FER2013's when it lists none."""
     path = Path(version_dir) / ASSETS_EXTRA / LABELS_FILE
     names = tuple(path.read_text().split()) if path.is_file() else ()
     return names or CLASS_NAMES
+
 
 # --- signatures ---------------------------------------------------------------------------
 

@@ -137,7 +137,8 @@ class LocalServer:
                                 host=host, port=rest_port, log_level="warning",
                                 # no dictConfig: it would close every logging handler the
                                 # process already has (absl's closes its stream with it)
-                                log_config=None, access_log=False, timeout_keep_alive=int(max(1, timeout)),
+                                log_config=None, access_log=False,
+                                timeout_keep_alive=int(max(1, timeout)),
                                 http=protocol,  # httptools' C parser, with a head deadline
                                 loop="uvloop")  # libuv event loop: less per-request overhead
         self.rest = uvicorn.Server(config)

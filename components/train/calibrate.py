@@ -135,7 +135,8 @@ def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: 
     Returns the model with the :class:`PriorAdjustment` head, the val probabilities it
     serves ([N,K]) and the record a summary keeps (tau, prior, val figures before it).
     """
-    prior = class_prior(train_labels, np.shape(val_proba)[-1])  # add-one smoothed: uniform without train labels
+    # add-one smoothed: uniform without train labels
+    prior = class_prior(train_labels, np.shape(val_proba)[-1])
     tau, sweep = choose_tau(val_proba, val_labels, prior)
     plain = next(r for r in sweep if r["tau"] == 0.0)
     record = {"tau": tau, "prior": [round(float(p), 6) for p in prior],
