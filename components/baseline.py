@@ -68,14 +68,14 @@ def baseline_metrics(pipeline: Pipeline, images: np.ndarray, labels: np.ndarray,
                      class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
     """Accuracy, macro F1 and per-class F1 of a fitted baseline on faces labelled with ids
     of ``class_names``."""
-    LABELS = list(range(len(class_names)))  # noqa: N806 (sklearn's word)
+    ids = list(range(len(class_names)))
     predicted = pipeline.predict(images)
-    per_class = f1_score(labels, predicted, labels=LABELS, average=None, zero_division=0)
+    per_class = f1_score(labels, predicted, labels=ids, average=None, zero_division=0)
     return {
         "name": NAME,
         "items": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, labels=LABELS, average="macro",
+        "macro_f1": float(f1_score(labels, predicted, labels=ids, average="macro",
                                    zero_division=0)),
         "per_class_f1": {class_names[i]: float(f) for i, f in enumerate(per_class)},
     }

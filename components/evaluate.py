@@ -22,8 +22,8 @@ temperature scaling when it has one.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,22 +172,22 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
                            class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
     """Accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix, most-confused pairs,
     over the label set ``class_names`` (ids 0..K-1)."""
-    LABELS = list(range(len(class_names)))  # noqa: N806 (sklearn's word)
+    ids = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=LABELS, zero_division=0)
-    cm = confusion_matrix(y_true, y_pred, labels=LABELS)
-    off = [(int(cm[t, p]), t, p) for t in LABELS for p in LABELS if t != p and cm[t, p] > 0]
+        y_true, y_pred, labels=ids, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=ids)
+    off = [(int(cm[t, p]), t, p) for t in ids for p in ids if t != p and cm[t, p] > 0]
     off.sort(reverse=True)
     return {
         "items": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="weighted",
+        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted",
                                       zero_division=0)),
         "per_class": {
             class_names[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
                              "f1": float(f1[i]), "support": int(support[i])}
-            for i in LABELS
+            for i in ids
         },
         "confusion_matrix": cm.tolist(),
         "most_confused": [
