@@ -105,19 +105,31 @@ class _LabelSet:
         ids 0..K-1 (K its output width); FER2013's for a model without it (the bundled one).
         Asked once, or again with ``fresh`` (a new version may have been loaded)."""
         if self._classes is None or fresh:
-            width, lookup = self._width_and_lookup()
-            named = None
-            if lookup and width:
-                ids = np.arange(width, dtype=np.int64)
-                try:
-                    named = self._lookup(ids)
-                except ClientError as exc:
-                    if getattr(exc.status, "name", exc.status) not in (400, "INVALID_ARGUMENT"):
-                        raise
-                    # a server whose batch limit is below K: one id per request
-                    named = [self._lookup(ids[i:i + 1])[0] for i in range(width)]
-            self._classes = served_class_names(width, named)
+            self._classes = self._names(*self._width_and_lookup())
         return self._classes
+
+    def _names(self, width: int | None, lookup: bool) -> tuple[str, ...]:
+        named = None
+        if lookup and width:
+            ids = np.arange(width, dtype=np.int64)
+            try:
+                named = self._lookup(ids)
+            except ClientError as exc:
+                if getattr(exc.status, "name", exc.status) not in (400, "INVALID_ARGUMENT"):
+                    raise
+                # a server whose batch limit is below K: one id per request
+                named = [self._lookup(ids[i:i + 1])[0] for i in range(width)]
+        return served_class_names(width, named)
+
+
+def _proto_width(signature_defs: Any) -> int | None:
+    """:func:`probability_width` for protobuf signature definitions (a map of name ->
+    ``SignatureDef``, as gRPC metadata and a loaded SavedModel give them)."""
+    if SIGNATURE_PIXELS not in signature_defs:
+        return None
+    outputs = signature_defs[SIGNATURE_PIXELS].outputs
+    dims = outputs[PROBABILITIES].tensor_shape.dim if PROBABILITIES in outputs else []
+    return int(dims[-1].size) if dims and dims[-1].size > 0 else None
 
 
 class RestClient(_LabelSet):
@@ -159,8 +171,18 @@ class RestClient(_LabelSet):
         return self._call("GET", "/metadata")
 
     def _width_and_lookup(self) -> tuple[int | None, bool]:
-        defs = self.metadata()["metadata"]["signature_def"]["signature_def"]
+        return self._width_and_lookup_in(self.metadata())
+
+    @staticmethod
+    def _width_and_lookup_in(metadata: dict[str, Any]) -> tuple[int | None, bool]:
+        defs = metadata["metadata"]["signature_def"]["signature_def"]
         return probability_width(defs), SIGNATURE_CLASS_NAMES in defs
+
+    def class_names_in(self, metadata: dict[str, Any]) -> tuple[str, ...]:
+        """:meth:`class_names` for a :meth:`metadata` response already at hand (asked
+        again, not from the cache: it may be a new version's)."""
+        self._classes = self._names(*self._width_and_lookup_in(metadata))
+        return self._classes
 
     def _lookup(self, ids: np.ndarray) -> list[str]:
         body = {"signature_name": SIGNATURE_CLASS_NAMES, "instances": ids.tolist()}
@@ -262,11 +284,7 @@ class GrpcClient(_LabelSet):
 
         defs = get_model_metadata_pb2.SignatureDefMap()
         self.metadata().metadata["signature_def"].Unpack(defs)
-        outputs = defs.signature_def[SIGNATURE_PIXELS].outputs if (
-            SIGNATURE_PIXELS in defs.signature_def) else {}
-        dims = outputs[PROBABILITIES].tensor_shape.dim if PROBABILITIES in outputs else []
-        width = int(dims[-1].size) if dims and dims[-1].size > 0 else None
-        return width, SIGNATURE_CLASS_NAMES in defs.signature_def
+        return _proto_width(defs.signature_def), SIGNATURE_CLASS_NAMES in defs.signature_def
 
     def _lookup(self, ids: np.ndarray) -> list[str]:
         return self._predict(SIGNATURE_CLASS_NAMES, CLASS_ID, ids, names_only=True)
@@ -290,10 +308,8 @@ class LocalClient(_LabelSet):
         self.model = load_version(str(path), int(path.name) if path.name.isdigit() else 0)
 
     def _width_and_lookup(self) -> tuple[int | None, bool]:
-        outputs = self.model.signature_defs[SIGNATURE_PIXELS].outputs
-        dims = outputs[PROBABILITIES].tensor_shape.dim
-        width = int(dims[-1].size) if dims and dims[-1].size > 0 else None
-        return width, SIGNATURE_CLASS_NAMES in self.model.signature_defs
+        defs = self.model.signature_defs
+        return _proto_width(defs), SIGNATURE_CLASS_NAMES in defs
 
     def _lookup(self, ids: np.ndarray) -> list[str]:
         out = self.model.predict(SIGNATURE_CLASS_NAMES, {CLASS_ID: ids})

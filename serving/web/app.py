@@ -167,9 +167,10 @@ class ModelLink:
         now, kept = time.monotonic(), self._info
         if not fresh and kept and kept[1] == self.url and now - kept[0] < INFO_SECONDS:
             return kept[2]
+        client = self.client()
         try:
-            metadata = self.client().metadata()
-            named = self.client().class_names(fresh=True)
+            metadata = client.metadata()
+            named = client.class_names_in(metadata)
         except ClientError as exc:
             raise model_error(exc, self) from exc
         except (KeyError, TypeError) as exc:  # metadata without signatures: said below
