@@ -92,9 +92,9 @@ def second_exported_model(prepared, tmp_path_factory) -> Path:
     return root / "saved_model"
 
 
-@pytest.fixture
-def serve(tmp_path):
-    """Start a real local server (REST + gRPC on 127.0.0.1) over a model base path."""
+def _servers():
+    """Yield ``start(base_path, ...)``, which starts a real local server (REST + gRPC on
+    127.0.0.1) over a model base path; every server started is stopped afterwards."""
     from serving.limits import Limits
     from serving.model_store import ModelStore
     from serving.server import LocalServer
@@ -112,6 +112,19 @@ def serve(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def serve():
+    """Start a real local server over a model base path, for one test."""
+    yield from _servers()
+
+
+@pytest.fixture(scope="module")
+def serve_module():
+    """Start a real local server over a model base path, shared by a module's tests that
+    only read from it (starting one costs seconds: the model loads and warms up)."""
+    yield from _servers()
 
 
 @pytest.fixture

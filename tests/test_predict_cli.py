@@ -20,10 +20,12 @@ PHOTO_FACES = [("happy", "PublicTest_10130075.jpg"), ("surprise", "PublicTest_10
                ("angry", "PublicTest_10116449.jpg")]
 
 
-@pytest.fixture
-def server(exported_model, tmp_path, serve):
-    deploy(exported_model, str(tmp_path / "serving"), "fer")
-    return serve(tmp_path / "serving" / "fer")
+@pytest.fixture(scope="module")
+def server(exported_model, tmp_path_factory, serve_module):
+    """One server for the module: every test here only reads from it."""
+    base = tmp_path_factory.mktemp("predict") / "serving"
+    deploy(exported_model, str(base), "fer")
+    return serve_module(base / "fer")
 
 
 @pytest.fixture

@@ -20,10 +20,12 @@ from serving.contract import CLASS_NAMES
 from tests.helpers import face_pixels, real_faces
 
 
-@pytest.fixture
-def server(exported_model, tmp_path, serve):
-    deploy(exported_model, str(tmp_path / "serving"), "fer")
-    return serve(tmp_path / "serving" / "fer", labels={"stable": 1})
+@pytest.fixture(scope="module")
+def server(exported_model, tmp_path_factory, serve_module):
+    """One server for the module: every test here only reads from it."""
+    base = tmp_path_factory.mktemp("grpc") / "serving"
+    deploy(exported_model, str(base), "fer")
+    return serve_module(base / "fer", labels={"stable": 1})
 
 
 @pytest.fixture

@@ -25,11 +25,23 @@ from serving.server import build_parser
 from tests.helpers import face_pixels, real_faces
 
 
+def start_limited(exported_model, root, serve):
+    """A server with a batch limit of 16 and a request log at ``root/requests.jsonl``."""
+    deploy(exported_model, str(root / "serving"), "fer")
+    return serve(root / "serving" / "fer", max_batch_size=16,
+                 request_log=str(root / "requests.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def server(exported_model, tmp_path_factory, serve_module):
+    """One server for the tests that do not count what it served: each must leave it up."""
+    return start_limited(exported_model, tmp_path_factory.mktemp("limits"), serve_module)
+
+
 @pytest.fixture
-def server(exported_model, tmp_path, serve):
-    deploy(exported_model, str(tmp_path / "serving"), "fer")
-    return serve(tmp_path / "serving" / "fer", max_batch_size=16,
-                 request_log=str(tmp_path / "requests.jsonl"))
+def fresh_server(exported_model, tmp_path, serve):
+    """A server of this test's own, whose metrics and request log start empty."""
+    return start_limited(exported_model, tmp_path, serve)
 
 
 def url(server, path=""):
@@ -315,7 +327,8 @@ def metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def test_metrics_count_requests_latency_and_batch_sizes(server, tmp_path):
+def test_metrics_count_requests_latency_and_batch_sizes(fresh_server, tmp_path):
+    server = fresh_server
     metrics_url = f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics"
     before = requests.get(metrics_url, timeout=10)
     assert before.headers["content-type"].startswith("text/plain")
