@@ -16,13 +16,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from components.train.models import freeze_base, unfreeze_base
 from components.train.recipe import TrainConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SGD_MOMENTUM = 0.9
 HISTORY_CSV = "history.csv"
@@ -30,6 +33,8 @@ HISTORY_CSV = "history.csv"
 
 def distribution_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over all GPUs when there are several; else the default strategy."""
+    import tensorflow as tf  # here only: the rest of this module runs on any Keras backend
+
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
