@@ -1,10 +1,10 @@
-"""Training a recipe's network on a machine without TensorFlow (Keras 3 on JAX or PyTorch).
+"""Training a recipe's network on a machine without TensorFlow (Keras 3 on JAX).
 
 The train step (:mod:`components.train.train`) feeds Keras through ``tf.data`` and needs
-TensorFlow. A GPU box often has JAX or PyTorch and Keras 3 but no TensorFlow; there the same
-recipe (network builder, augmentation layers, optimizer and schedule, loss, distillation
-targets) can be fitted from numpy arrays, and everything before and after the fit stays in
-the pipeline:
+TensorFlow. A GPU box often has JAX (or PyTorch: any Keras 3 backend should do, JAX is the
+one tested) and Keras 3 but no TensorFlow; there the same recipe (network builder,
+augmentation layers, optimizer and schedule, loss, distillation targets) can be fitted from
+numpy arrays, and everything before and after the fit stays in the pipeline:
 
     # here: the train and val faces, their class weights and a teacher's probabilities
     python -m components.train.portable pack RUN/.../preprocess-op/splits pack.npz \\
