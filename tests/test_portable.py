@@ -120,3 +120,15 @@ def test_what_needs_the_train_step_is_refused_clearly(packed, tmp_path, capsys):
     assert main(["finish", str(packed), str(tmp_path), str(tmp_path / "m")]) == 2
     assert "not the output of `fit`" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_a_time_budget_shortens_the_schedule_to_the_epochs_that_fit(packed, tmp_path, capsys):
+    # Here on TensorFlow: the fit is the same code on any backend. No epoch takes a
+    # millisecond, so the budget leaves the least the schedule allows: one epoch of three.
+    assert main(["fit", str(packed), str(tmp_path / "f"), "--profile", "smoke",
+                 "--recipe", '{"epochs": 3, "batch_size": 32}', "--time-budget", "0.001"]) == 0
+    assert "1 of 3 epochs fit in 0.001 s" in capsys.readouterr().out
+    record = json.loads((tmp_path / "f" / FIT_FILE).read_text())
+    assert (record["epochs_run"], record["epochs_planned"], record["time_budget"]) == (1, 3, 0.001)
+    assert record["config"]["epochs"] == 1 and record["backend"] == "tensorflow"
+    assert len(json.loads((tmp_path / "f" / "history.json").read_text())["loss"]) == 1

@@ -21,6 +21,9 @@ RUN/.../preprocess-op/splits`` evaluates it on test, gates, exports and deploys 
 holds no test faces. ``fit`` writes ``model.weights.h5`` (Keras' own format, read under any
 backend), ``history.json`` and ``fit.json`` (the recipe, the architecture's arguments, the
 backend and device, the time). Class balance by sampling needs ``tf.data``: ``fit`` refuses it.
+
+Length: the three commands and the pack they share, kept together because each half
+(here, there) is only meaningful with the other.
 """
 
 from __future__ import annotations
@@ -118,12 +121,15 @@ def recipe_config(profile: str, recipe: dict[str, Any] | None = None, seed: int 
 
 
 def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
-        verbose: bool = False) -> dict[str, Any]:
+        verbose: bool = False, time_budget: float | None = None) -> dict[str, Any]:
     """Fit ``config``'s network on the pack's train faces (the teacher's probabilities mixed
     with the labels when the pack has a teacher and the recipe a ``distill_weight``), scored on
     val every epoch, on whatever Keras backend this process runs; checkpointed under
-    ``config.checkpoint_dir`` (resumed from there) when it is set. Writes the weights,
-    history and ``fit.json`` to ``output_dir`` and returns what ``fit.json`` holds."""
+    ``config.checkpoint_dir`` (resumed from there) when it is set. ``time_budget``: seconds
+    the fit may take; a short probe measures an epoch and the compile first, and the
+    schedule is shortened to the epochs that fit (never below the warm-up plus one).
+    Writes the weights, history and ``fit.json`` to ``output_dir`` and returns what
+    ``fit.json`` holds."""
     if config.class_balance == "sampling":
         raise RecipeError("class_balance", "class_balance 'sampling' needs the train step's "
                           "tf.data pipeline; use 'weights' or 'none' here")
@@ -134,9 +140,7 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
     import keras  # after the checks: a refusal costs no backend start
 
     from components.distill import distillation_targets
-    from components.train.augment import augmentation_from_preset, with_augmentation
-    from components.train.fit import EpochRecord, ProgressLines, make_loss, make_optimizer
-    from components.train.models import build_model
+    from components.train.fit import EpochRecord, ProgressLines
 
     train, val = data.train, data.val
     distilling = data.teacher is not None and config.distill_weight > 0
@@ -157,16 +161,17 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
         raise DataError(f"{pack_path}: the recipe weights classes but the pack has no class "
                         "weights (pack it with --class-weights)")
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.architecture, input_shape=FACE_SHAPE,
-                        num_classes=train.num_classes, **config.model_kwargs)
-    augmentation = augmentation_from_preset(config.augmentation, config.seed,
-                                            config.augmentation_kwargs)
-    fit_model = with_augmentation(model, augmentation) if augmentation else model
-    steps = math.ceil(len(train) / config.batch_size)
-    fit_model.compile(optimizer=make_optimizer(config, config.learning_rate, steps,
-                                               config.epochs, config.warmup_epochs),
-                      loss=make_loss(config), metrics=["accuracy"])
+    x, xv = train.images[..., None].astype(np.float32), val.images[..., None].astype(np.float32)
+    planned = config.epochs
+    if time_budget is not None:
+        per_epoch, compiling = _seconds_per_epoch(config, x, targets, (xv, val_targets),
+                                                  weights, train.num_classes)
+        affordable = max(config.warmup_epochs + 1,
+                         int((time_budget - compiling) / per_epoch))
+        config = replace(config, epochs=min(config.epochs, affordable))
+        print(f"[fit] about {per_epoch:.1f} s an epoch: {config.epochs} of {planned} epochs "
+              f"fit in {time_budget:g} s", flush=True)
+    model, fit_model = _compiled(config, train.num_classes, len(train))
     backend = keras.backend.backend()
     print(f"[fit] {config.architecture} on Keras {keras.__version__} ({backend}): "
           f"{model.count_params():,} parameters, {len(train):,} train / {len(val):,} val faces, "
@@ -174,13 +179,12 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
     callbacks: list[Any] = [EpochRecord()]
     if config.checkpoint_dir:
         callbacks.insert(0, keras.callbacks.BackupAndRestore(config.checkpoint_dir))
+    steps = math.ceil(len(train) / config.batch_size)
     callbacks.append(ProgressLines(config.architecture, steps, every=2.0 if verbose else 60.0))
     start = time.perf_counter()
-    history = fit_model.fit(
-        train.images[..., None].astype(np.float32), targets, batch_size=config.batch_size,
-        epochs=config.epochs, validation_data=(val.images[..., None].astype(np.float32),
-                                               val_targets),
-        class_weight=weights, callbacks=callbacks, shuffle=True, verbose=0)
+    history = fit_model.fit(x, targets, batch_size=config.batch_size, epochs=config.epochs,
+                            validation_data=(xv, val_targets), class_weight=weights,
+                            callbacks=callbacks, shuffle=True, verbose=0)
     seconds = time.perf_counter() - start
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -190,13 +194,58 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
     record = {"config": config_record(config), "num_classes": train.num_classes,
               "backend": backend, "keras": keras.__version__,
               "devices": [str(d) for d in _devices(backend)], "seconds": round(seconds, 1),
-              "epochs_run": len(history.history.get("loss", [])),
+              "epochs_run": len(history.history.get("loss", [])), "epochs_planned": planned,
+              "time_budget": time_budget,
               "val_accuracy": float(history.history["val_accuracy"][-1]),
               "teacher": data.teacher_info if distilling else None}
     write_json(output_dir / FIT_FILE, record)
     print(f"[fit] done in {seconds:.0f} s: val accuracy (one pass, unadjusted) "
           f"{record['val_accuracy']:.4f}", flush=True)
     return record
+
+
+#: Batches of train faces the time-budget probe fits (twice: the first epoch compiles).
+PROBE_BATCHES = 20
+
+
+def _compiled(config: TrainConfig, num_classes: int, train_items: int) -> tuple[Any, Any]:
+    """The network, seeded, and what is fitted (it inside the augmentation), compiled with
+    the recipe's optimizer, schedule and loss."""
+    import keras
+
+    from components.train.augment import augmentation_from_preset, with_augmentation
+    from components.train.fit import make_loss, make_optimizer
+    from components.train.models import build_model
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.architecture, input_shape=FACE_SHAPE, num_classes=num_classes,
+                        **config.model_kwargs)
+    augmentation = augmentation_from_preset(config.augmentation, config.seed,
+                                            config.augmentation_kwargs)
+    fit_model = with_augmentation(model, augmentation) if augmentation else model
+    steps = math.ceil(train_items / config.batch_size)
+    fit_model.compile(optimizer=make_optimizer(config, config.learning_rate, steps,
+                                               config.epochs, config.warmup_epochs),
+                      loss=make_loss(config), metrics=["accuracy"])
+    return model, fit_model
+
+
+def _seconds_per_epoch(config: TrainConfig, x: np.ndarray, y: np.ndarray,
+                       validation: tuple[np.ndarray, np.ndarray],
+                       weights: dict[int, float] | None, num_classes: int
+                       ) -> tuple[float, float]:
+    """An epoch's seconds over all of ``x``, scaled from a compiled second epoch over its
+    first :data:`PROBE_BATCHES` batches (val scored whole each time: an overestimate), and
+    the seconds the first epoch spent compiling (which the real fit spends again)."""
+    from components.train.fit import EpochRecord
+
+    n = min(len(x), PROBE_BATCHES * config.batch_size)
+    _, probe = _compiled(replace(config, epochs=2, warmup_epochs=0), num_classes, n)
+    history = probe.fit(x[:n], y[:n], batch_size=config.batch_size, epochs=2,
+                        validation_data=validation, class_weight=weights,
+                        callbacks=[EpochRecord()], verbose=0)
+    first, second = history.history["epoch_seconds"]
+    return second * len(x) / n, max(first - second, 0.0)
 
 
 def _devices(backend: str) -> list[Any]:
@@ -265,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--recipe", default="{}", help="recipe settings over the profile's, JSON")
     f.add_argument("--seed", type=int, default=42)
     f.add_argument("--checkpoint-dir", help="checkpoint every epoch there; resume from it")
+    f.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="shorten the schedule to the epochs that take about this long "
+                        "(an epoch and the compile measured first)")
     f.add_argument("--verbose", "-v", action="store_true", help="a progress line every 2 s")
     n = commands.add_parser("finish", help="the train step's output from a fit (TensorFlow)")
     n.add_argument("pack")
@@ -283,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             config = recipe_config(args.profile, recipe, args.seed, args.architecture)
             if args.checkpoint_dir:
                 config = replace(config, checkpoint_dir=args.checkpoint_dir)
-            fit(args.pack, args.output, config, args.verbose)
+            fit(args.pack, args.output, config, args.verbose, args.time_budget)
         else:
             finish(args.pack, args.fitted, args.output)
     except (DataError, RecipeError, ValueError) as exc:
