@@ -590,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         quiet_native_logs()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # TensorFlow's Python warnings (retracing, deprecations) are for its
+        # developers, not for the person running a command
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except Exception as exc:
