@@ -86,10 +86,11 @@ def test_a_network_fitted_on_jax_without_tensorflow_is_finished_and_exported_her
     assert record["teacher"]["teacher_fingerprint"]  # distilled from the packed teacher
 
     # The same weights under TensorFlow give JAX's probabilities.
-    from components.train.train import _build
-    from components.train.recipe import TrainConfig
+    from components.train.models import build_model
 
-    model = _build(TrainConfig.from_dict(record["config"]), record["num_classes"])
+    config = record["config"]
+    model = build_model(config["architecture"], input_shape=(48, 48, 1),
+                        num_classes=record["num_classes"], **config["model_kwargs"])
     model.load_weights(fitted / "model.weights.h5")
     val = Pack(packed).val
     here = model.predict(val.images[..., None].astype(np.float32), verbose=0)

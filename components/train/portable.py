@@ -267,7 +267,8 @@ def finish(pack_path: str | Path, fitted_dir: str | Path, output_dir: str | Path
     network rebuilt and given the fitted weights, then finalised as the train step finalises
     (val scored on what will be served, the logit adjustment and temperature fitted there
     when the recipe asks, ``model.keras``, the summary and the curves). Needs TensorFlow."""
-    from components.train.train import Fitted, _build, finalise
+    from components.train.models import build_model
+    from components.train.train import Fitted, finalise
 
     data = Pack(pack_path)
     fitted_dir = Path(fitted_dir)
@@ -278,7 +279,8 @@ def finish(pack_path: str | Path, fitted_dir: str | Path, output_dir: str | Path
     if record["num_classes"] != data.train.num_classes:
         raise DataError(f"{fitted_dir} was fitted for {record['num_classes']} classes; the "
                         f"pack has {data.train.num_classes}")
-    model = _build(config, data.train.num_classes)
+    model = build_model(config.architecture, input_shape=FACE_SHAPE,
+                        num_classes=data.train.num_classes, **config.model_kwargs)
     model.load_weights(fitted_dir / WEIGHTS_FILE)
     history = read_json(fitted_dir / HISTORY_FILE)
     distillation = None
