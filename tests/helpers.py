@@ -68,3 +68,12 @@ def free_port() -> int:
 
 class Killed(Exception):
     """Raised by :func:`tests.conftest.kill_after_epoch` in place of a killed process."""
+
+
+def deploy_and_serve(saved_model, root, start, **options):
+    """Deploy ``saved_model`` as version 1 of ``fer`` under ``root/serving`` and start a
+    server over it with ``start`` (the ``serve`` or ``serve_module`` fixture)."""
+    from components.deploy import deploy
+
+    deploy(saved_model, str(root / "serving"), "fer")
+    return start(root / "serving" / "fer", **options)

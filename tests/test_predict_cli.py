@@ -13,7 +13,7 @@ from components.deploy import deploy
 from pipeline.cli import main
 from serving.contract import CLASS_NAMES
 from serving.faces import DETECTORS, get_detector
-from tests.helpers import real_faces
+from tests.helpers import deploy_and_serve, real_faces
 
 # Faces that OpenCV's frontal-face cascade finds once enlarged (checked on ../shared/fer2013).
 PHOTO_FACES = [("happy", "PublicTest_10130075.jpg"), ("surprise", "PublicTest_10709121.jpg"),
@@ -23,9 +23,7 @@ PHOTO_FACES = [("happy", "PublicTest_10130075.jpg"), ("surprise", "PublicTest_10
 @pytest.fixture(scope="module")
 def server(exported_model, tmp_path_factory, serve_module):
     """One server for the module: every test here only reads from it."""
-    base = tmp_path_factory.mktemp("predict") / "serving"
-    deploy(exported_model, str(base), "fer")
-    return serve_module(base / "fer")
+    return deploy_and_serve(exported_model, tmp_path_factory.mktemp("predict"), serve_module)
 
 
 @pytest.fixture

@@ -14,18 +14,16 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.deploy import deploy
 from serving.client import ClientError, GrpcClient, RestClient
 from serving.contract import CLASS_NAMES
-from tests.helpers import face_pixels, real_faces
+from tests.helpers import deploy_and_serve, face_pixels, real_faces
 
 
 @pytest.fixture(scope="module")
 def server(exported_model, tmp_path_factory, serve_module):
     """One server for the module: every test here only reads from it."""
-    base = tmp_path_factory.mktemp("grpc") / "serving"
-    deploy(exported_model, str(base), "fer")
-    return serve_module(base / "fer", labels={"stable": 1})
+    return deploy_and_serve(exported_model, tmp_path_factory.mktemp("grpc"), serve_module,
+                            labels={"stable": 1})
 
 
 @pytest.fixture

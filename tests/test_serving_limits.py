@@ -22,14 +22,13 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from components.deploy import deploy
 from serving.server import build_parser
-from tests.helpers import face_pixels, real_faces
+from tests.helpers import deploy_and_serve, face_pixels, real_faces
 
 
 def start_limited(exported_model, root, serve):
     """A server with a batch limit of 16 and a request log at ``root/requests.jsonl``."""
-    deploy(exported_model, str(root / "serving"), "fer")
-    return serve(root / "serving" / "fer", max_batch_size=16,
-                 request_log=str(root / "requests.jsonl"))
+    return deploy_and_serve(exported_model, root, serve, max_batch_size=16,
+                            request_log=str(root / "requests.jsonl"))
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,15 @@ import requests
 import tensorflow as tf
 from PIL import Image
 
-from components.deploy import deploy
 from serving.contract import CLASS_NAMES
-from tests.helpers import face_pixels, real_faces
+from tests.helpers import deploy_and_serve, face_pixels, real_faces
 
 
 @pytest.fixture(scope="module")
 def server(exported_model, tmp_path_factory, serve_module):
     """One server for the module: every test here only reads from it."""
-    base = tmp_path_factory.mktemp("rest") / "serving"
-    deploy(exported_model, str(base), "fer")
-    return serve_module(base / "fer", labels={"stable": 1}, max_body_bytes=1_000_000)
+    return deploy_and_serve(exported_model, tmp_path_factory.mktemp("rest"), serve_module,
+                            labels={"stable": 1}, max_body_bytes=1_000_000)
 
 
 @pytest.fixture(scope="module")
