@@ -26,7 +26,7 @@ import tensorflow as tf
 from keras import layers
 from PIL import Image
 
-from components.train.fit import dtype_policy
+from components.train.fit import cpu_flags, dtype_policy, mixed_policy
 from components.train.models import MODEL_BUILDERS, build_model
 from serving.contract import CLASS_NAMES
 
@@ -85,9 +85,9 @@ class StepClock(keras.callbacks.Callback):
 
 
 def measure(architecture: str, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int,
-            warmup: int, mixed: bool) -> dict[str, float]:
+            warmup: int, policy: str | None) -> dict[str, float]:
     keras.utils.set_random_seed(0)
-    with dtype_policy("mixed_float16" if mixed else None):
+    with dtype_policy(policy):
         model = build_model(architecture)
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="as the recipe's mixed_precision: mixed_float16 on GPUs, "
+                        "mixed_bfloat16 on CPUs with AMX or AVX-512 BF16, else float32")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.architectures.split(",") if a.strip()]
@@ -120,15 +122,16 @@ def main(argv: list[str] | None = None) -> None:
                      f"known: {', '.join(MODEL_BUILDERS)}")
 
     gpus = tf.config.list_logical_devices("GPU")
+    policy = mixed_policy(len(gpus), cpu_flags()) if args.mixed_precision else None
     device = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
     x, y = real_batch(args.source, args.batch_size * 2)
     print(f"{device}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, "
-          f"{'mixed_float16' if args.mixed_precision else 'float32'}; training FLOPs = "
+          f"{policy or 'float32'}; training FLOPs = "
           f"{TRAIN_FLOPS_PER_FORWARD} x forward")
     print(f"{'architecture':<18}{'params':>12}{'fwd MFLOP/img':>15}{'step ms':>10}"
           f"{'images/s':>10}{'GFLOP/s':>9}")
     for arch in archs:
-        r = measure(arch, x, y, args.batch_size, args.steps, args.warmup, args.mixed_precision)
+        r = measure(arch, x, y, args.batch_size, args.steps, args.warmup, policy)
         print(f"{arch:<18}{r['parameters']:>12,}{r['mflops']:>15,.1f}{r['step_ms']:>10,.0f}"
               f"{r['images_per_s']:>10,.0f}{r['gflops_per_s']:>9,.1f}", flush=True)
 

@@ -32,7 +32,7 @@ import numpy as np
 from components.train.portable import Pack, main
 pack_path, fitted, probs = sys.argv[1:4]
 code = main(["fit", pack_path, fitted, "--profile", "smoke",
-             "--recipe", '{"epochs": 1, "batch_size": 32}'])
+             "--recipe", '{"epochs": 1, "batch_size": 32, "mixed_precision": true}'])
 assert code == 0, code
 import keras
 from components.train.models import build_model
@@ -83,6 +83,7 @@ def test_a_network_fitted_on_jax_without_tensorflow_is_finished_and_exported_her
     assert "[fit] baseline_cnn on Keras" in done.stdout and "(jax)" in done.stdout
     record = json.loads((fitted / FIT_FILE).read_text())
     assert record["backend"] == "jax" and record["epochs_run"] == 1
+    assert record["mixed_precision"] is None  # JAX on a CPU: float32, bfloat16 is no faster
     assert record["teacher"]["teacher_fingerprint"]  # distilled from the packed teacher
 
     # The same weights under TensorFlow give JAX's probabilities.

@@ -21,7 +21,8 @@ from components.train.augment import (
     build_augmentation,
 )
 from components.train.data import balanced_dataset
-from components.train.fit import learning_rate_schedule, make_loss, make_optimizer
+from components.train.fit import (
+    cpu_flags, learning_rate_schedule, make_loss, make_optimizer, mixed_policy)
 from components.train.models import build_model
 from components.train.recipe import RecipeError, TrainConfig
 from components.train.train import train
@@ -83,12 +84,29 @@ def test_augmentation_arguments_are_checked():
 
 def test_augmented_training_saves_the_plain_network(prepared, tmp_path):
     summary = run(prepared, tmp_path, augmentation="standard", mixed_precision=True)
-    assert summary["mixed_precision"] is False  # no GPU here: float32, not an error
+    # No GPU here: bfloat16 where this CPU computes in it natively, else float32; no error.
+    assert summary["mixed_precision"] == mixed_policy(0, cpu_flags())
     saved = keras.models.load_model(tmp_path / "model.keras")
+    assert {w.dtype for w in saved.weights} == {"float32"}  # served in full precision
     assert [layer.name for layer in saved.layers] == [
         layer.name for layer in build_model("baseline_cnn", **SMALL).layers]
     x = FaceDataset.load(prepared / "dataset").split("val").images[:8, ..., None].astype("f4")
     np.testing.assert_array_equal(saved.predict(x, verbose=0), saved.predict(x, verbose=0))
+
+
+def test_mixed_precision_picks_the_policy_the_hardware_computes_in(tmp_path):
+    amx = tmp_path / "sapphire_rapids"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile "
+                   "amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2\n")
+    older = tmp_path / "skylake"
+    older.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert "amx_bf16" in cpu_flags(amx) and "avx512_bf16" not in cpu_flags(older)
+    assert cpu_flags(tmp_path / "missing") == frozenset()  # not Linux: no flags, float32
+    assert mixed_policy(0, cpu_flags(amx)) == "mixed_bfloat16"
+    assert mixed_policy(0, frozenset({"avx512_bf16"})) == "mixed_bfloat16"
+    assert mixed_policy(0, cpu_flags(older)) is None  # emulated bfloat16 would be slower
+    assert mixed_policy(0, frozenset()) is None
+    assert mixed_policy(1, cpu_flags(amx)) == mixed_policy(2, frozenset()) == "mixed_float16"
 
 
 # --- optimizers, schedules, losses, sampling ---------------------------------------------

@@ -140,7 +140,7 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
     import keras  # after the checks: a refusal costs no backend start
 
     from components.distill import distillation_targets
-    from components.train.fit import EpochRecord, ProgressLines
+    from components.train.fit import EpochRecord, ProgressLines, dtype_policy
 
     train, val = data.train, data.val
     distilling = data.teacher is not None and config.distill_weight > 0
@@ -163,19 +163,16 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
 
     x, xv = train.images[..., None].astype(np.float32), val.images[..., None].astype(np.float32)
     planned = config.epochs
-    if time_budget is not None:
-        per_epoch, compiling = _seconds_per_epoch(config, x, targets, (xv, val_targets),
-                                                  weights, train.num_classes)
-        affordable = max(config.warmup_epochs + 1,
-                         int((time_budget - compiling) / per_epoch))
-        config = replace(config, epochs=min(config.epochs, affordable))
-        print(f"[fit] about {per_epoch:.1f} s an epoch: {config.epochs} of {planned} epochs "
-              f"fit in {time_budget:g} s", flush=True)
-    model, fit_model = _compiled(config, train.num_classes, len(train))
     backend = keras.backend.backend()
-    print(f"[fit] {config.architecture} on Keras {keras.__version__} ({backend}): "
-          f"{model.count_params():,} parameters, {len(train):,} train / {len(val):,} val faces, "
+    policy = _policy(config, backend)
+    with dtype_policy(policy):  # the layers keep it; their weights stay float32
+        model, fit_model, config = _probed_and_compiled(config, x, targets, (xv, val_targets),
+                                                         weights, train, time_budget)
+    print(f"[fit] {config.architecture} on Keras {keras.__version__} ({backend}"
+          f"{f', {policy}' if policy else ''}): {model.count_params():,} parameters, "
+          f"{len(train):,} train / {len(val):,} val faces, "
           f"{config.epochs} epochs{', distilling' if distilling else ''}", flush=True)
+
     callbacks: list[Any] = [EpochRecord()]
     if config.checkpoint_dir:
         callbacks.insert(0, keras.callbacks.BackupAndRestore(config.checkpoint_dir))
@@ -192,7 +189,7 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
     write_json(output_dir / HISTORY_FILE, {k: [float(v) for v in vs]
                                            for k, vs in history.history.items()})
     record = {"config": config_record(config), "num_classes": train.num_classes,
-              "backend": backend, "keras": keras.__version__,
+              "backend": backend, "keras": keras.__version__, "mixed_precision": policy,
               "devices": [str(d) for d in _devices(backend)], "seconds": round(seconds, 1),
               "epochs_run": len(history.history.get("loss", [])), "epochs_planned": planned,
               "time_budget": time_budget,
@@ -202,6 +199,38 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
     print(f"[fit] done in {seconds:.0f} s: val accuracy (one pass, unadjusted) "
           f"{record['val_accuracy']:.4f}", flush=True)
     return record
+
+
+def _policy(config: TrainConfig, backend: str) -> str | None:
+    """The recipe's mixed precision on this backend: float16 on GPUs; bfloat16 on a CPU
+    only under TensorFlow (oneDNN's AMX path; JAX's CPU backend is no faster in it)."""
+    from components.train.fit import cpu_flags, mixed_policy
+
+    if not config.mixed_precision:
+        return None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return mixed_policy(len(tf.config.list_logical_devices("GPU")), cpu_flags())
+    gpus = [d for d in _devices(backend) if getattr(d, "platform", str(d)) not in ("cpu", "")]
+    return mixed_policy(len(gpus), frozenset())
+
+
+def _probed_and_compiled(config: TrainConfig, x: np.ndarray, targets: np.ndarray,
+                         validation: tuple[np.ndarray, np.ndarray],
+                         weights: dict[int, float] | None, train: FaceDataset,
+                         time_budget: float | None) -> tuple[Any, Any, TrainConfig]:
+    """The network and what is fitted, compiled, and the config they were compiled for:
+    with a ``time_budget``, its schedule shortened to the epochs that fit."""
+    if time_budget is not None:
+        per_epoch, compiling = _seconds_per_epoch(config, x, targets, validation, weights,
+                                                  train.num_classes)
+        affordable = max(config.warmup_epochs + 1,
+                         int((time_budget - compiling) / per_epoch))
+        planned, config = config.epochs, replace(config, epochs=min(config.epochs, affordable))
+        print(f"[fit] about {per_epoch:.1f} s an epoch: {config.epochs} of {planned} epochs "
+              f"fit in {time_budget:g} s", flush=True)
+    return (*_compiled(config, train.num_classes, len(train)), config)
 
 
 #: Batches of train faces the time-budget probe fits (twice: the first epoch compiles).

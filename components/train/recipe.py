@@ -91,7 +91,9 @@ class TrainConfig:
         0, "> 0: two-phase fine-tune of a pretrained base, frozen for these epochs")
     finetune_learning_rate: float | None = setting(
         None, "the fine-tune phase's rate (default: learning_rate / 10)")
-    mixed_precision: bool = setting(False, "mixed_float16 when a GPU is present (CPU: float32)")
+    mixed_precision: bool = setting(
+        False, "mixed_float16 on GPUs, mixed_bfloat16 on CPUs with AMX or AVX-512 BF16 "
+        "(else float32); the saved model is float32")
     logit_adjustment: bool = setting(
         False, "after training, divide the probabilities by the train prior to a power chosen "
         "on val for macro F1 (in the served model too)")

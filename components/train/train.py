@@ -43,7 +43,8 @@ from components.train.calibrate import (
     val_scores,
 )
 from components.train.data import training_batches
-from components.train.fit import distribution_strategy, dtype_policy, fit_phases
+from components.train.fit import (cpu_flags, distribution_strategy, dtype_policy, fit_phases,
+                                  mixed_policy)
 from components.train.models import build_model, freeze_base, load_initial_weights
 from components.train.recipe import TrainConfig, config_record
 
@@ -67,7 +68,7 @@ class Fitted:
     history: dict[str, list[float]]
     seconds: float
     replicas: int
-    mixed_precision: bool
+    mixed_precision: str | None  # the policy trained in (mixed_float16, mixed_bfloat16)
 
 
 def train(dataset_dir: str | Path, class_weights_path: str | Path | None,
@@ -114,13 +115,15 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     strategy = distribution_strategy()
-    mixed = config.mixed_precision and bool(tf.config.list_logical_devices("GPU"))
-    if config.mixed_precision and not mixed:
-        log.warning("mixed_precision needs a GPU; training in float32")
+    policy = (mixed_policy(len(tf.config.list_logical_devices("GPU")), cpu_flags())
+              if config.mixed_precision else None)
+    if config.mixed_precision and not policy:
+        log.warning("mixed_precision needs a GPU or a CPU with bfloat16 (AMX, AVX-512 BF16); "
+                    "training in float32")
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     train_ds, val_ds = training_batches(config, train_set, val_set, targets)
 
-    with dtype_policy("mixed_float16" if mixed else None), strategy.scope():
+    with dtype_policy(policy), strategy.scope():
         model = _build(config, train_set.num_classes)
         if config.init_from:
             count = load_initial_weights(model, config.init_from)
@@ -133,7 +136,7 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
         print(f"[train] {config.architecture}: {model.count_params():,} parameters, "
               f"{len(train_set):,} train / {len(val_set):,} val faces, up to {config.epochs} "
               f"epochs, {strategy.num_replicas_in_sync} replica(s)"
-              f"{', mixed precision' if mixed else ''}", flush=True)
+              f"{f', {policy}' if policy else ''}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(config.checkpoint_dir or tmp)
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -142,11 +145,11 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
                                  steps_per_epoch, class_weight)
             seconds = time.perf_counter() - start
 
-    if mixed:  # a float32 twin: model.keras serves anywhere, CPUs included
+    if policy:  # a float32 twin: model.keras serves anywhere, in full precision
         trained = model.get_weights()
         model = _build(config, train_set.num_classes)
         model.set_weights(trained)
-    return Fitted(model, history, seconds, int(strategy.num_replicas_in_sync), mixed)
+    return Fitted(model, history, seconds, int(strategy.num_replicas_in_sync), policy)
 
 
 def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
