@@ -119,14 +119,20 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
                f"{distilled['teacher_test_accuracy']:.4f}, macro F1 "
                f"{distilled['teacher_test_macro_f1']:.4f}"
                if "teacher_test_accuracy" in distilled else "") + ".")
+    one_pass, val_tta = training.get("val_one_pass"), training.get("val_tta", "none")
     if "val_accuracy" in training:
-        lines.append(f"- Validation{' (the student)' if distilled else ''}: accuracy "
-                     f"{training['val_accuracy']:.4f}, macro F1 "
-                     f"{training['val_macro_f1']:.4f}.")
+        lines.append(f"- Validation{' (the student)' if distilled else ''}: " + (
+            f"one pass: accuracy {one_pass['val_accuracy']:.4f}, macro F1 "
+            f"{one_pass['val_macro_f1']:.4f}; " if one_pass and val_tta != "none" else "")
+            + (f"with TTA `{val_tta}`: " if val_tta != "none" else "")
+            + f"accuracy {training['val_accuracy']:.4f}, macro F1 "
+            f"{training['val_macro_f1']:.4f}.")
     adjustment = training.get("logit_adjustment")
     if adjustment:
+        chosen_for = adjustment.get("chosen_for")  # older summaries: for the TTA output
         lines.append(f"- Logit adjustment: probabilities divided by the train prior to the "
-                     f"power {adjustment['tau']:.2f}, chosen on validation (macro F1 "
+                     f"power {adjustment['tau']:.2f}, chosen on validation"
+                     f"{f' for the {chosen_for}' if chosen_for else ''} (macro F1 "
                      f"{adjustment['val_macro_f1_unadjusted']:.4f} before it).")
     lines += [
         "",

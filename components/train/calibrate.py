@@ -145,6 +145,25 @@ def fit_prior_adjustment(model: keras.Model, val_proba: np.ndarray, val_labels: 
     return with_prior_adjustment(model, prior, tau), served(val_proba, prior, tau), record
 
 
+def fit_one_pass_adjustment(model: keras.Model, val_views: np.ndarray, val_labels: np.ndarray,
+                            train_labels: np.ndarray
+                            ) -> tuple[keras.Model, np.ndarray, dict[str, Any]]:
+    """:func:`fit_prior_adjustment` for a model whose test-time augmentation is a choice at
+    serving time: ``val_views`` [V,N,K] holds its val probabilities per view, view 0 the
+    plain pass. tau is chosen for that one pass, which ``serving_default`` serves and the
+    gate judges; the TTA signatures average the views so adjusted.
+
+    Returns the model with the :class:`PriorAdjustment` head, the adjusted views [V,N,K]
+    and the record a summary keeps (its figures before the adjustment are the one pass's).
+    """
+    views = np.asarray(val_views)
+    if views.ndim != 3:
+        raise ValueError(f"val_views must be [views,N,K], got shape {views.shape}")
+    model, _, record = fit_prior_adjustment(model, views[0], val_labels, train_labels)
+    return (model, adjust(views, np.asarray(record["prior"]), record["tau"]),
+            {**record, "chosen_for": "one pass"})
+
+
 # --- temperature scaling: probabilities that mean what they say --------------------------
 
 @keras.saving.register_keras_serializable(package="fer")

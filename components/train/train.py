@@ -36,8 +36,7 @@ from components.distill import distillation_targets, load_teacher
 from components.report import plot_history
 from components.train.augment import augmentation_from_preset, with_augmentation
 from components.train.calibrate import (
-    adjust,
-    fit_prior_adjustment,
+    fit_one_pass_adjustment,
     fit_temperature_scaling,
     scaled_probabilities,
     val_scores,
@@ -161,20 +160,20 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
     summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     model, history = fitted.model, fitted.history
-    val_views = view_probabilities(model, to_model_input(val_set.images), config.tta)
-    val_proba, adjustment = val_views.mean(axis=0), None
+    # [V,N,K]; view 0 is the one pass serving_default serves (and the gate judges)
+    val_views, adjustment = view_probabilities(model, to_model_input(val_set.images),
+                                               config.tta), None
     if config.logit_adjustment:
-        model, val_proba, adjustment = fit_prior_adjustment(model, val_views, val_set.labels,
-                                                            train_set.labels)
+        model, val_views, adjustment = fit_one_pass_adjustment(model, val_views, val_set.labels,
+                                                               train_set.labels)
+    val_proba = val_views.mean(axis=0)  # what the recipe's TTA serves
     calibration = None
     if config.temperature_scaling:
-        # Fitted on what serving_default serves: one pass (view 0), adjusted. A TTA graph
-        # then averages the calibrated views, and val is scored on that.
-        views = (adjust(val_views, np.asarray(adjustment["prior"]), adjustment["tau"])
-                 if adjustment else val_views)
-        model, calibration = fit_temperature_scaling(model, views[0], val_set.labels)
+        # Fitted on the one pass, adjusted. A TTA graph then averages the calibrated views,
+        # and val is scored on that.
+        model, calibration = fit_temperature_scaling(model, val_views[0], val_set.labels)
         if calibration["applied"]:
-            val_proba = scaled_probabilities(views, calibration["temperature"]).mean(axis=0)
+            val_proba = scaled_probabilities(val_views, calibration["temperature"]).mean(axis=0)
     model.save(output_dir / MODEL_FILE)
     epochs_run, epoch_seconds = len(history.get("loss", [])), history.get("epoch_seconds", [])
     summary = {
@@ -191,14 +190,15 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
         "mixed_precision": fitted.mixed_precision,
         **val_scores(val_set.labels, val_proba),
         "val_tta": config.tta,
-        "logit_adjustment": adjustment,
+        "val_one_pass": val_scores(val_set.labels, val_views[0]),  # the top class: calibration
+        "logit_adjustment": adjustment,                             # never changes it
         "temperature_scaling": calibration,
         "distillation": distillation,
     }
     if adjustment:
-        print(f"[train] logit adjustment: tau {adjustment['tau']:.2f} (val macro F1 "
-              f"{adjustment['val_macro_f1_unadjusted']:.4f} -> {summary['val_macro_f1']:.4f})",
-              flush=True)
+        print(f"[train] logit adjustment: tau {adjustment['tau']:.2f} (one-pass val macro F1 "
+              f"{adjustment['val_macro_f1_unadjusted']:.4f} -> "
+              f"{summary['val_one_pass']['val_macro_f1']:.4f})", flush=True)
     if calibration:
         print(f"[train] temperature scaling: T {calibration['fitted_temperature']:.2f}, val ECE "
               f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}"
@@ -207,8 +207,10 @@ def finalise(config: TrainConfig, fitted: Fitted, train_set: FaceDataset,
     write_json(output_dir / "history.json", history)
     plot_history(history, output_dir / "training_curves.png", config.architecture)
     write_json(output_dir / SUMMARY_FILE, summary)
-    under = "" if config.tta == "none" else f" (TTA {config.tta})"
-    print(f"[train] {config.architecture}: val accuracy{under} {summary['val_accuracy']:.4f}, "
-          f"val macro F1 {summary['val_macro_f1']:.4f} after {summary['epochs_run']} epochs "
+    one = summary["val_one_pass"]
+    tta = ("" if config.tta == "none" else f"; TTA {config.tta}: val accuracy "
+           f"{summary['val_accuracy']:.4f}, val macro F1 {summary['val_macro_f1']:.4f}")
+    print(f"[train] {config.architecture}: one pass: val accuracy {one['val_accuracy']:.4f}, "
+          f"val macro F1 {one['val_macro_f1']:.4f}{tta} after {summary['epochs_run']} epochs "
           f"({summary['train_seconds']:.0f} s)", flush=True)
     return summary
