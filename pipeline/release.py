@@ -119,14 +119,13 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
                f"{distilled['teacher_test_accuracy']:.4f}, macro F1 "
                f"{distilled['teacher_test_macro_f1']:.4f}"
                if "teacher_test_accuracy" in distilled else "") + ".")
-    one_pass, val_tta = training.get("val_one_pass"), training.get("val_tta", "none")
+    with_tta = training.get("val_with_tta")  # older summaries: val figures under their TTA
     if "val_accuracy" in training:
-        lines.append(f"- Validation{' (the student)' if distilled else ''}: " + (
-            f"one pass: accuracy {one_pass['val_accuracy']:.4f}, macro F1 "
-            f"{one_pass['val_macro_f1']:.4f}; " if one_pass and val_tta != "none" else "")
-            + (f"with TTA `{val_tta}`: " if val_tta != "none" else "")
-            + f"accuracy {training['val_accuracy']:.4f}, macro F1 "
-            f"{training['val_macro_f1']:.4f}.")
+        lines.append(f"- Validation{' (the student)' if distilled else ''}: accuracy "
+                     f"{training['val_accuracy']:.4f}, macro F1 {training['val_macro_f1']:.4f}"
+                     + (f" in one pass; with TTA `{training['val_tta']}`: accuracy "
+                        f"{with_tta['val_accuracy']:.4f}, macro F1 "
+                        f"{with_tta['val_macro_f1']:.4f}" if with_tta else "") + ".")
     adjustment = training.get("logit_adjustment")
     if adjustment:
         chosen_for = adjustment.get("chosen_for")  # older summaries: for the TTA output

@@ -71,9 +71,13 @@ def test_the_ensemble_is_the_mean_of_its_members_then_one_adjustment(members, pr
 
 def test_under_tta_the_ensemble_is_calibrated_on_what_it_serves(members, prepared, tmp_path):
     summary = ensemble(members, prepared / "dataset", tmp_path / "ens", tta="crops")
-    pred, labels = served_val_predictions(tmp_path / "ens", prepared / "dataset", "crops")
-    assert summary["val_tta"] == "crops"
-    assert summary["val_accuracy"] == pytest.approx(float(np.mean(pred == labels)), abs=1e-6)
+    assert summary["val_tta"] == "crops" and summary["logit_adjustment"]["chosen_for"] == \
+        "one pass"
+    # val figures of serving_default's one pass, and of the crops average beside them
+    for tta, figures in (("none", summary), ("crops", summary["val_with_tta"])):
+        pred, labels = served_val_predictions(tmp_path / "ens", prepared / "dataset", tta)
+        assert figures["val_accuracy"] == pytest.approx(float(np.mean(pred == labels)),
+                                                        abs=1e-6)
     with pytest.raises(ValueError, match="tta must be one of"):
         ensemble(members, prepared / "dataset", tmp_path / "bad", tta="ten-crop")
 

@@ -108,7 +108,7 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
                      "config": trained.get("config"),
                      "epochs_run": trained.get("epochs_run"),
                      "train_seconds": trained.get("train_seconds"),
-                     **val_scores(val_set.labels, views.mean(axis=0))})
+                     **val_scores(val_set.labels, views[0])})  # one pass
         members.append(member)
         probabilities.append(views)
         print(f"[ensemble] member {len(members) - 1} {rows[-1]['architecture']} "
@@ -133,22 +133,20 @@ def ensemble(model_dirs: Sequence[str | Path], dataset_dir: str | Path,
         "train_items": len(train_set),
         "val_items": len(val_set),
         "train_seconds": round(float(sum(seconds)), 2) if seconds else None,
-        **val_scores(val_set.labels, val_proba),
+        **val_scores(val_set.labels, val_views[0]),  # one pass, as the train step scores it
         "val_tta": tta,
-        "val_one_pass": val_scores(val_set.labels, val_views[0]),
+        "val_with_tta": val_scores(val_set.labels, val_proba) if tta != "none" else None,
         "logit_adjustment": adjustment,
     }
     write_json(output_dir / SUMMARY_FILE, summary)
-    under = "" if tta == "none" else f" (TTA {tta})"
-    print(f"[ensemble] {len(members)} members: val accuracy{under} "
-          f"{summary['val_accuracy']:.4f}, "
-          f"macro F1 {summary['val_macro_f1']:.4f}"
-          + (f" (logit adjustment tau {adjustment['tau']:.2f}, chosen for one pass: "
+    with_tta = summary["val_with_tta"]
+    print(f"[ensemble] {len(members)} members: val accuracy {summary['val_accuracy']:.4f}, "
+          f"macro F1 {summary['val_macro_f1']:.4f} in one pass"
+          + (f" (logit adjustment tau {adjustment['tau']:.2f}; before it "
              f"{adjustment['val_accuracy_unadjusted']:.4f} / "
-             f"{adjustment['val_macro_f1_unadjusted']:.4f} before it, "
-             f"{summary['val_one_pass']['val_accuracy']:.4f} / "
-             f"{summary['val_one_pass']['val_macro_f1']:.4f} after)" if adjustment else ""),
-          flush=True)
+             f"{adjustment['val_macro_f1_unadjusted']:.4f})" if adjustment else "")
+          + (f"; with TTA {tta}: {with_tta['val_accuracy']:.4f} / "
+             f"{with_tta['val_macro_f1']:.4f}" if with_tta else ""), flush=True)
     return summary
 
 
