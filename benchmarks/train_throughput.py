@@ -1,7 +1,12 @@
 """Training throughput of the model zoo on real faces: images/s and achieved GFLOP/s.
 
     python -m benchmarks.train_throughput [--architectures baseline_cnn,deep_cnn]
-        [--batch-size 64] [--steps 4] [--mixed-precision]
+        [--batch-size 64] [--steps 4] [--mixed-precision] [--model-options JSON]
+
+With ``--mixed-precision`` each architecture is timed in float32 and then in the policy
+the recipe's ``mixed_precision`` picks on this machine (float16 on GPUs, bfloat16 on CPUs
+that compute in it natively), side by side. ``--model-options`` takes the pipeline's form,
+e.g. ``'{"configurable_cnn": {"filters": [48, 96, 192, 384]}}'`` for the bundled width.
 
 For each architecture: build, compile (Adam, sparse cross-entropy), run warm-up steps
 (tracing), then time ``--steps`` training steps on batches of real FER2013 train faces.
@@ -15,10 +20,12 @@ CPU cores.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -28,6 +35,7 @@ from PIL import Image
 
 from components.train.fit import cpu_flags, dtype_policy, mixed_policy
 from components.train.models import MODEL_BUILDERS, build_model
+from components.train.recipe import builder_kwargs
 from serving.contract import CLASS_NAMES
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
@@ -85,10 +93,11 @@ class StepClock(keras.callbacks.Callback):
 
 
 def measure(architecture: str, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int,
-            warmup: int, policy: str | None) -> dict[str, float]:
+            warmup: int, policy: str | None, options: dict[str, Any] | None = None
+            ) -> dict[str, float]:
     keras.utils.set_random_seed(0)
     with dtype_policy(policy):
-        model = build_model(architecture)
+        model = build_model(architecture, **builder_kwargs(options or {}, architecture))
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
     model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)  # tracing
@@ -113,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed-precision", action="store_true",
                         help="as the recipe's mixed_precision: mixed_float16 on GPUs, "
                         "mixed_bfloat16 on CPUs with AMX or AVX-512 BF16, else float32")
+    parser.add_argument("--model-options", type=json.loads, default={},
+                        help='builder arguments per architecture, JSON as the pipeline takes '
+                        'them: {"configurable_cnn": {"filters": [48, 96, 192, 384]}}')
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.architectures.split(",") if a.strip()]
@@ -122,19 +134,23 @@ def main(argv: list[str] | None = None) -> None:
                      f"known: {', '.join(MODEL_BUILDERS)}")
 
     gpus = tf.config.list_logical_devices("GPU")
-    policy = mixed_policy(len(gpus), cpu_flags()) if args.mixed_precision else None
+    mixed = mixed_policy(len(gpus), cpu_flags()) if args.mixed_precision else None
+    policies = [None, mixed] if mixed else [None]
     device = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
     x, y = real_batch(args.source, args.batch_size * 2)
-    print(f"{device}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, "
-          f"{policy or 'float32'}; training FLOPs = "
-          f"{TRAIN_FLOPS_PER_FORWARD} x forward")
-    print(f"{'architecture':<18}{'params':>12}{'fwd MFLOP/img':>15}{'step ms':>10}"
-          f"{'images/s':>10}{'GFLOP/s':>9}")
+    print(f"{device}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
+          f"training FLOPs = {TRAIN_FLOPS_PER_FORWARD} x forward")
+    if args.mixed_precision and not mixed:
+        print("mixed precision: this machine has no GPU and no native bfloat16; float32 only")
+    print(f"{'architecture':<18}{'precision':>15}{'params':>12}{'fwd MFLOP/img':>15}"
+          f"{'step ms':>10}{'images/s':>10}{'GFLOP/s':>9}")
     for arch in archs:
-        r = measure(arch, x, y, args.batch_size, args.steps, args.warmup, policy)
-        print(f"{arch:<18}{r['parameters']:>12,}{r['mflops']:>15,.1f}{r['step_ms']:>10,.0f}"
-              f"{r['images_per_s']:>10,.0f}{r['gflops_per_s']:>9,.1f}", flush=True)
-
+        for policy in policies:
+            r = measure(arch, x, y, args.batch_size, args.steps, args.warmup, policy,
+                        args.model_options)
+            print(f"{arch:<18}{policy or 'float32':>15}{r['parameters']:>12,}"
+                  f"{r['mflops']:>15,.1f}{r['step_ms']:>10,.0f}{r['images_per_s']:>10,.0f}"
+                  f"{r['gflops_per_s']:>9,.1f}", flush=True)
 
 if __name__ == "__main__":
     main()

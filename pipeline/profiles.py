@@ -49,8 +49,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # available as the TTA signatures. Earlier tries, fine-tuned from the teacher's weights,
     # did not carry the 12-view gain into one pass (val accuracy 0.653 after 9 of 15 epochs at
     # T=1; 0.596 after 2 epochs at T=4; the teacher: 0.656 one pass, 0.686 with its views).
-    # About 4 min an epoch here in bfloat16 (mixed_precision on a CPU with AMX; 7 min in
-    # float32): run it with --checkpoint-root and resume it.
+    # About 4 min an epoch here in bfloat16 (mixed_precision on a CPU with AMX), 5-7 min in
+    # float32: run it with --checkpoint-root and resume it.
     "student": {
         "architectures": ["configurable_cnn"],
         "model_options": {"configurable_cnn": {"filters": [48, 96, 192, 384], "depth": 2,

@@ -49,9 +49,9 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 def mixed_policy(gpus: int, flags: frozenset[str]) -> str | None:
     """The mixed-precision policy for a machine with ``gpus`` GPUs and these CPU flags:
     ``mixed_float16`` on GPUs; ``mixed_bfloat16`` on a CPU that computes in bfloat16
-    natively (on a 2-core Sapphire Rapids VM, oneDNN's AMX path trains the bundled network
-    twice as fast as float32); ``None`` (float32) on any other CPU, where bfloat16 is
-    emulated and slower."""
+    natively (on a 2-core Xeon with AMX, oneDNN trains the bundled network at 1.7x its
+    float32 speed); ``None`` (float32) on any other CPU, where bfloat16 is emulated and
+    slower."""
     if gpus:
         return "mixed_float16"
     return "mixed_bfloat16" if flags & BF16_CPU_FLAGS else None
