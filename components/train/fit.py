@@ -57,6 +57,13 @@ def mixed_policy(gpus: int, flags: frozenset[str]) -> str | None:
     return "mixed_bfloat16" if flags & BF16_CPU_FLAGS else None
 
 
+def tensorflow_mixed_policy() -> str | None:
+    """:func:`mixed_policy` for the GPUs TensorFlow sees and this machine's CPU."""
+    import tensorflow as tf  # here only, as in distribution_strategy
+
+    return mixed_policy(len(tf.config.list_logical_devices("GPU")), cpu_flags())
+
+
 def distribution_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over all GPUs when there are several; else the default strategy."""
     import tensorflow as tf  # here only: the rest of this module runs on any Keras backend

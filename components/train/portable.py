@@ -204,14 +204,12 @@ def fit(pack_path: str | Path, output_dir: str | Path, config: TrainConfig,
 def _policy(config: TrainConfig, backend: str) -> str | None:
     """The recipe's mixed precision on this backend: float16 on GPUs; bfloat16 on a CPU
     only under TensorFlow (oneDNN's AMX path; JAX's CPU backend is no faster in it)."""
-    from components.train.fit import cpu_flags, mixed_policy
+    from components.train.fit import mixed_policy, tensorflow_mixed_policy
 
     if not config.mixed_precision:
         return None
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        return mixed_policy(len(tf.config.list_logical_devices("GPU")), cpu_flags())
+        return tensorflow_mixed_policy()
     gpus = [d for d in _devices(backend) if getattr(d, "platform", str(d)) not in ("cpu", "")]
     return mixed_policy(len(gpus), frozenset())
 

@@ -42,8 +42,12 @@ from components.train.calibrate import (
     val_scores,
 )
 from components.train.data import training_batches
-from components.train.fit import (cpu_flags, distribution_strategy, dtype_policy, fit_phases,
-                                  mixed_policy)
+from components.train.fit import (
+    distribution_strategy,
+    dtype_policy,
+    fit_phases,
+    tensorflow_mixed_policy,
+)
 from components.train.models import build_model, freeze_base, load_initial_weights
 from components.train.recipe import TrainConfig, config_record
 
@@ -114,8 +118,7 @@ def fit(config: TrainConfig, train_set: FaceDataset, val_set: FaceDataset,
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     strategy = distribution_strategy()
-    policy = (mixed_policy(len(tf.config.list_logical_devices("GPU")), cpu_flags())
-              if config.mixed_precision else None)
+    policy = tensorflow_mixed_policy() if config.mixed_precision else None
     if config.mixed_precision and not policy:
         log.warning("mixed_precision needs a GPU or a CPU with bfloat16 (AMX, AVX-512 BF16); "
                     "training in float32")
