@@ -49,8 +49,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # available as the TTA signatures. Earlier tries, fine-tuned from the teacher's weights,
     # did not carry the 12-view gain into one pass (val accuracy 0.653 after 9 of 15 epochs at
     # T=1; 0.596 after 2 epochs at T=4; the teacher: 0.656 one pass, 0.686 with its views).
-    # About 4 min an epoch here in bfloat16 (mixed_precision on a CPU with AMX), 5-7 min in
-    # float32: run it with --checkpoint-root and resume it.
+    # About 2.5-3.5 min an epoch here in bfloat16 (mixed_precision on a CPU with AMX), 5-7 min
+    # in float32: run it with --checkpoint-root and resume it. A full run here (60 epochs,
+    # 3.4 h of training) gave val 0.641 in one pass, 0.663 with crops; on test 0.643 accuracy
+    # and 0.612 macro F1 in one pass (0.667 / 0.637 with crops), at 3.7 ms a face and 504
+    # faces/s at batch 64: single-network cost, but 4.5 points under the model it distils, so
+    # it was not released. It needs a longer schedule (a GPU) to match its teacher.
     "student": {
         "architectures": ["configurable_cnn"],
         "model_options": {"configurable_cnn": {"filters": [48, 96, 192, 384], "depth": 2,
