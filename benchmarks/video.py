@@ -2,14 +2,16 @@
 time goes.
 
     python -m benchmarks.video [--model-dir serving/model/fer] [--detector mtcnn haar]
-                               [--detect-every 1 5] [--stride 1 2] [--seconds 4] [--verbose]
+                               [--detect-every 1 5] [--stride 1 2] [--min-face 0 20]
+                               [--seconds 4] [--verbose]
 
 Writes a 640x480, 25 frames/s clip (``--seconds`` long) of one real face moving about a
 plain background (the licensed photo ``tests/data/photos/face_recognition_obama.jpg``, see
 its ``SOURCES.md``), then runs :func:`serving.video.analyse_video` on it in this process, as
 the CLI does (annotated video written, one batched model call per analysed frame), with the
 model in ``--model-dir`` (by default the bundled released model), once per combination of
-detector, ``--detect-every`` and ``--stride``. Prints per run: frames read per second (the
+detector, ``--detect-every``, ``--stride`` and ``--min-face`` (0: the CLI's default, from the
+frame size). Prints per run: frames read per second (the
 figure the CLI prints; target >= 15 on a 2-core machine), analysed frames per second, and
 per analysed frame the milliseconds of detection, classification and the rest (decoding,
 cropping, following, drawing, encoding). The detector and the model are warmed up first.
@@ -61,16 +63,18 @@ def write_clip(path: Path, seconds: float, photo: Path = PHOTO) -> int:
     return n
 
 
-def measure(clip: Path, client, settings: list[tuple[str, int, int]], out: Path) -> list[dict]:
-    """One analysis of ``clip`` per ``(detector, detect_every, stride)``: the timing figures,
-    tracks and detection passes of each."""
+def measure(clip: Path, client, settings: list[tuple[str, int, int, int]], out: Path
+            ) -> list[dict]:
+    """One analysis of ``clip`` per ``(detector, detect_every, stride, min_face)``: the
+    timing figures, tracks and detection passes of each."""
     from serving.video import VideoOptions, analyse_video
 
     rows = []
-    for detector, every, stride in settings:
-        result = analyse_video(clip, client, VideoOptions(stride, every, detector=detector),
-                               out)
+    for detector, every, stride, min_face in settings:
+        options = VideoOptions(stride, every, detector=detector, min_face=min_face)
+        result = analyse_video(clip, client, options, out)
         rows.append({"detector": detector, "detect_every": every, "stride": stride,
+                     "min_face": result.options.min_face,
                      "frames": result.frames_read, "analysed": result.frames_analysed,
                      "passes": result.detections, "tracks": len(result.tracks),
                      "rows": len(result.rows), **result.timing()})
@@ -79,14 +83,14 @@ def measure(clip: Path, client, settings: list[tuple[str, int, int]], out: Path)
 
 def format_table(rows: list[dict], verbose: bool = False) -> str:
     """A row per run: settings, frames/s, and per analysed frame where the time went."""
-    head = (f"{'detector':<9}{'detect-every':>13}{'stride':>7}{'frames/s':>10}"
+    head = (f"{'detector':<9}{'detect-every':>13}{'stride':>7}{'min-face':>9}{'frames/s':>10}"
             f"{'analysed/s':>11}{'detect ms':>10}{'classify ms':>12}{'other ms':>9}"
             f"{'tracks':>7}")
     if verbose:
         head += f"{'passes':>7}{'ms/pass':>9}{'rows':>6}"
     lines = [head]
     for r in rows:
-        line = (f"{r['detector']:<9}{r['detect_every']:>13}{r['stride']:>7}"
+        line = (f"{r['detector']:<9}{r['detect_every']:>13}{r['stride']:>7}{r['min_face']:>9}"
                 f"{r['frames_per_s']:>10.1f}{r['analysed_per_s']:>11.1f}"
                 f"{r['detection_ms_per_frame']:>10.1f}{r['classification_ms_per_frame']:>12.1f}"
                 f"{r['other_ms_per_frame']:>9.1f}{r['tracks']:>7}")
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detect-every", nargs="+", type=int,
                         default=sorted({1, DEFAULT_DETECT_EVERY}), metavar="N")
     parser.add_argument("--stride", nargs="+", type=int, default=[1, 2], metavar="N")
+    parser.add_argument("--min-face", nargs="+", type=int, default=[0], metavar="PX",
+                        help="smallest face looked for; 0: from the frame size, as the CLI "
+                             "(default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="length of the clip (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true",
@@ -128,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             faces = get_detector(name).detect(first)
         client.predict_pixels(np.stack([face_crop(first, f) for f in faces] or
                                        [np.zeros((48, 48), np.uint8)]))
-        settings = list(itertools.product(args.detector, args.detect_every, args.stride))
+        settings = list(itertools.product(args.detector, args.detect_every, args.stride,
+                                          args.min_face))
         rows = measure(clip, client, settings, Path(tmp) / "out")
     print(f"clip: {SIZE[0]}x{SIZE[1]}, {n} frames ({args.seconds:g} s at {FPS:g} frames/s), "
           f"one real face ({PHOTO.relative_to(ROOT)})")

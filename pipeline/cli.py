@@ -173,7 +173,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         found, texts = (json.loads(text), []) if args.json else ([], [text])
     if videos:
         options = VideoOptions(args.stride, args.detect_every, args.smoothing,
-                               detector=args.detector, tta=args.tta)
+                               detector=args.detector, tta=args.tta, min_face=args.min_face)
         text, video_code, summaries = run_videos(
             videos, lambda: make_client(args.url, args.grpc, args.model_name, args.timeout,
                                         args.model_dir),
@@ -504,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the face detector on every Nth analysed frame and follow the "
                             "faces in between (every analysed frame is classified) "
                             "(default: %(default)s)")
+    video.add_argument("--min-face", type=int, default=0, metavar="PX",
+                       help="the smallest face looked for, in pixels (default: 1/12 of the "
+                            "frame's shorter side, at least 20: 40 at 640x480); smaller is "
+                            "slower")
     video.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING, metavar="S",
                        help="each track's moving average of probabilities: weight of the past, "
                             "0 to under 1; 0 is none (default: %(default)s)")

@@ -63,6 +63,22 @@ def test_mtcnn_finds_every_face_of_the_group_photo():
             assert x - 2 <= px <= x + w + 2 and y - 2 <= py <= y + h + 2
 
 
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_min_face_keeps_the_faces_above_it_and_skips_those_far_below(detector):
+    image = cv2.imread(str(PHOTOS / "insightface_t1.jpg"))  # six faces of 93-110 px
+    boxes = truth()["insightface_t1.jpg"]
+    every = [f.box for f in get_detector(detector).detect(image)]
+    above = get_detector(detector).detect(image, min_face=75)
+    assert match_counts([f.box for f in above], boxes)["found"] == \
+        match_counts(every, boxes)["found"] > 0  # found as well, boxes in place
+    if detector == "mtcnn":  # landmarks in the full image's coordinates, inside the box
+        for face in above:
+            x, y, w, h = face.box
+            assert all(x <= px <= x + w and y <= py <= y + h
+                       for px, py in face.landmarks.values())
+    assert get_detector(detector).detect(image, min_face=300) == []
+
+
 def test_alignment_levels_the_eyes_and_frames_them_like_fer2013():
     """A real face, rotated 20 degrees: after alignment its eyes (found again by MTCNN on
     the aligned crop, enlarged) are level and where FER2013's faces have them."""

@@ -22,6 +22,7 @@ from serving.video import (
     analyse_video,
     associate,
     ema,
+    min_face_for,
     open_video,
     run_videos,
 )
@@ -229,6 +230,20 @@ def test_stride_and_detect_every_set_what_is_analysed(clip, client, tmp_path):
                                                       detector="haar"))
     assert (sparse.frames_analysed, sparse.detections) == (12, 3)
     assert [r.detected for r in sparse.tracks[0].rows] == [k % 4 == 0 for k in range(12)]
+
+
+def test_the_smallest_face_looked_for_follows_the_frame_size_unless_set(clip, client):
+    assert (min_face_for(640, 480), min_face_for(320, 240), min_face_for(1920, 1080)) == (
+        40, 20, 90)
+    result = analyse_video(clip, client, VideoOptions(stride=6, detect_every=1))  # MTCNN
+    assert result.options.min_face == 40 and result.as_dict()["settings"]["min_face"] == 40
+    assert len(result.tracks) == 2  # both faces (160 px and more) are well above 40 px
+    too_large = analyse_video(clip, client, VideoOptions(stride=6, detect_every=1,
+                                                         min_face=400))
+    assert too_large.detections == 6 and too_large.tracks == []
+    assert too_large.note == NO_FACE_NOTE
+    with pytest.raises(ValueError, match="--min-face"):
+        VideoOptions(min_face=-1).check()
 
 
 def test_a_video_without_faces_says_so(client, tmp_path):

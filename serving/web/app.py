@@ -57,7 +57,14 @@ from serving.contract import (
     SIGNATURE_PIXELS,
     served_class_names,
 )
-from serving.faces import DEFAULT_DETECTOR, DETECTORS, Face, face_crop, get_detector
+from serving.faces import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    Face,
+    detect_shrunk,
+    face_crop,
+    get_detector,
+)
 from serving.limits import Limits, image_pixels, short
 
 log = logging.getLogger(__name__)
@@ -271,11 +278,7 @@ def find_faces(image: np.ndarray, detector: str, max_side: int = DETECT_MAX_SIDE
     scale = max_side / max(image.shape[:2])
     if scale >= 1:
         return get_detector(detector).detect(image)
-    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    return [Face(tuple(round(v / scale) for v in face.box), face.score,
-                 {k: (x / scale, y / scale) for k, (x, y) in face.landmarks.items()}
-                 if face.landmarks else None)
-            for face in get_detector(detector).detect(small)]
+    return detect_shrunk(get_detector(detector), image, scale)
 
 
 def clamp_box(box: tuple[int, int, int, int], width: int, height: int) -> dict[str, int]:
