@@ -66,7 +66,7 @@ DEFAULT_DETECT_EVERY = 5
 #: By default the smallest face a video's detection looks for is this share of the frame's
 #: shorter side (40 px at 640x480), and at least MIN_FACE px: MTCNN's image pyramid then
 #: works on the frame shrunk by half, and a pass at 640x480 costs a quarter to a third less
-#: (127-160 against 198-205 ms here, benchmarks.video --min-face 20 0). A smaller face is too
+#: (99-160 against 151-205 ms here, benchmarks.video --min-face 20 0). A smaller face is too
 #: few pixels to read an emotion from.
 MIN_FACE_SHARE = 1 / 12
 MIN_FACE = 20
