@@ -152,5 +152,6 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['mflops']:>15,.1f}{r['step_ms']:>10,.0f}{r['images_per_s']:>10,.0f}"
                   f"{r['gflops_per_s']:>9,.1f}", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -119,11 +119,14 @@ def model_card(metrics: dict[str, Any], source: str, size_bytes: int, notes: str
                f"{distilled['teacher_test_accuracy']:.4f}, macro F1 "
                f"{distilled['teacher_test_macro_f1']:.4f}"
                if "teacher_test_accuracy" in distilled else "") + ".")
-    with_tta = training.get("val_with_tta")  # older summaries: val figures under their TTA
+    with_tta, val_tta = training.get("val_with_tta"), training.get("val_tta", "none")
+    # a summary written before val_with_tta gave its val figures under its recipe's TTA
+    older_tta = "val_with_tta" not in training and val_tta != "none"
     if "val_accuracy" in training:
-        lines.append(f"- Validation{' (the student)' if distilled else ''}: accuracy "
+        lines.append(f"- Validation{' (the student)' if distilled else ''}"
+                     f"{f' with TTA `{val_tta}`' if older_tta else ''}: accuracy "
                      f"{training['val_accuracy']:.4f}, macro F1 {training['val_macro_f1']:.4f}"
-                     + (f" in one pass; with TTA `{training['val_tta']}`: accuracy "
+                     + (f" in one pass; with TTA `{val_tta}`: accuracy "
                         f"{with_tta['val_accuracy']:.4f}, macro F1 "
                         f"{with_tta['val_macro_f1']:.4f}" if with_tta else "") + ".")
     adjustment = training.get("logit_adjustment")

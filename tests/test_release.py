@@ -222,6 +222,11 @@ def test_card_names_teacher_and_student_and_the_cost(evaluated_export):
             "TTA `crops`: accuracy 0.6800, macro F1 0.6500.") in card
     assert ("power 0.30, chosen on validation for the one pass (macro F1 0.6000 before it)"
             in card)
+    # A summary from before val_with_tta (the bundled model's): its val figures are its TTA's.
+    older = {k: v for k, v in training.items() if k != "val_with_tta"}
+    card = model_card({**record, "training": older}, "deployed version 2", 14_000_000)
+    assert ("- Validation (the student) with TTA `crops`: accuracy 0.6600, macro F1 0.6400."
+            in card)
 
 
 def test_card_gives_each_figure_its_interval_and_the_calibration(evaluated_export):
