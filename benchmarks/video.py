@@ -13,8 +13,9 @@ model in ``--model-dir`` (by default the bundled released model), once per combi
 detector, ``--detect-every``, ``--stride`` and ``--min-face`` (0: the CLI's default, from the
 frame size). Prints per run: frames read per second (the
 figure the CLI prints; target >= 15 on a 2-core machine), analysed frames per second, and
-per analysed frame the milliseconds of detection, classification and the rest (decoding,
-cropping, following, drawing, encoding). The detector and the model are warmed up first.
+per analysed frame the milliseconds of detection (in the read-ahead thread, alongside the
+rest), classification, waiting for the read-ahead thread, and the rest (cropping, following,
+drawing, encoding). The detector and the model are warmed up first.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def measure(clip: Path, client, settings: list[tuple[str, int, int, int]], out: 
 def format_table(rows: list[dict], verbose: bool = False) -> str:
     """A row per run: settings, frames/s, and per analysed frame where the time went."""
     head = (f"{'detector':<9}{'detect-every':>13}{'stride':>7}{'min-face':>9}{'frames/s':>10}"
-            f"{'analysed/s':>11}{'detect ms':>10}{'classify ms':>12}{'other ms':>9}"
+            f"{'analysed/s':>11}{'detect ms':>10}{'classify ms':>12}{'wait ms':>8}{'other ms':>9}"
             f"{'tracks':>7}")
     if verbose:
         head += f"{'passes':>7}{'ms/pass':>9}{'rows':>6}"
@@ -93,7 +94,8 @@ def format_table(rows: list[dict], verbose: bool = False) -> str:
         line = (f"{r['detector']:<9}{r['detect_every']:>13}{r['stride']:>7}{r['min_face']:>9}"
                 f"{r['frames_per_s']:>10.1f}{r['analysed_per_s']:>11.1f}"
                 f"{r['detection_ms_per_frame']:>10.1f}{r['classification_ms_per_frame']:>12.1f}"
-                f"{r['other_ms_per_frame']:>9.1f}{r['tracks']:>7}")
+                f"{r['waiting_ms_per_frame']:>8.1f}{r['other_ms_per_frame']:>9.1f}"
+                f"{r['tracks']:>7}")
         if verbose:
             line += f"{r['passes']:>7}{r['detection_ms_per_pass']:>9.1f}{r['rows']:>6}"
         lines.append(line)

@@ -92,12 +92,17 @@ class MtcnnDetector:
 
     name = "mtcnn"
 
-    def __init__(self, min_face: int = 20, min_confidence: float = MTCNN_MIN_CONFIDENCE):
+    def __init__(self, min_face: int = 20, min_confidence: float = MTCNN_MIN_CONFIDENCE,
+                 graphs: bool = True):
+        """``graphs``: run the networks as graphs (:func:`compile_stages`); ``False`` runs
+        them eagerly, as the package does (a benchmark's reference)."""
         from mtcnn import MTCNN  # TensorFlow: loaded only when this detector is used
 
         self.min_face = min_face
         self.min_confidence = min_confidence
         self._mtcnn = MTCNN()
+        if graphs:
+            compile_stages(self._mtcnn)
         self._lock = threading.Lock()
 
     def detect(self, image: np.ndarray, min_face: int | None = None) -> list[Face]:
@@ -125,6 +130,22 @@ class MtcnnDetector:
             marks = {k: (float(v[0]), float(v[1])) for k, v in item["keypoints"].items()}
             faces.append(Face((x, y, w, h), float(item["confidence"]), marks))
         return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+
+def compile_stages(mtcnn) -> None:
+    """Run each of an ``mtcnn.MTCNN``'s three networks (P-Net, R-Net, O-Net) as one
+    TensorFlow graph (``tf.function``, any batch and image size, traced once) instead of
+    layer by layer in eager mode, as the package (1.0.0) does. Same boxes, landmarks and
+    scores; a pass costs a third to a quarter as much (at 640x480 looking for 40 px faces,
+    29 against 100 ms here), since eager dispatch, not arithmetic, is most of a small
+    network's time. A stage without a network where 1.0.0 keeps it is left as it is."""
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
+    for stage in getattr(mtcnn, "stages", ()):
+        model = getattr(stage, "_model", None)
+        if model is not None and not hasattr(model, "python_function"):
+            stage._model = tf.function(model, input_signature=spec, reduce_retracing=True)
 
 
 def detect_shrunk(detector: Detector, image: np.ndarray, scale: float) -> list[Face]:

@@ -6,22 +6,25 @@ the CLI's text are short sections of it.
 
 Every ``stride``-th frame is analysed. On every ``detect_every``-th analysed frame the faces
 are found by the detector (:mod:`serving.faces`) and matched to the live tracks by the
-overlap of their boxes (IoU, best first): a face that matches no track starts a new one, with
-the next id. In between, and for a track the detector missed, each track is followed by
+overlap of their boxes (IoU, best first): a face that matches no track starts a new one,
+with the next id. In between, and for a track the detector missed, each track is followed by
 matching its face as last detected (OpenCV template matching around its last box, about a
-millisecond), so detection, the expensive part, runs on a fraction of the frames while
-every analysed frame is still classified. A track ends after ``max_missed`` detection passes
-in a row without it; one that only a single pass found (when later passes looked for it) is
-dropped as the detector's false box, and the tracks left are numbered 1, 2, ... in order of
-appearance. All the faces of an analysed frame go to the model in one batched call;
-each track's probabilities are smoothed by an exponential moving average (weight
-``smoothing`` on the past), and the smoothed top emotion is what the annotated video shows.
+millisecond), so detection, the expensive part, runs on a fraction of the frames while every
+analysed frame is still classified. Frames are read and detected in a thread of their own
+(:class:`ReadAhead`), a few frames ahead of the ones being followed and classified, so on
+two cores or more a detection pass overlaps classification instead of adding to it. A track
+ends after ``max_missed`` detection passes in a row without it; one that only a single pass
+found (when later passes looked for it) is dropped as the detector's false box, and the
+tracks left are numbered 1, 2, ... in order of appearance. All the faces of an analysed
+frame go to the model in one batched call; each track's probabilities are smoothed by an
+exponential moving average (weight ``smoothing`` on the past), and the smoothed top emotion
+is what the annotated video shows.
 
 Outputs, in one folder, named after the video: ``<stem>.annotated.mp4`` (every frame, each
 face's box, track id and smoothed emotion, drawn in a second pass over the video once the
 tracks are known), ``<stem>.emotions.csv`` and ``<stem>.emotions.json`` (a row per analysed
-frame per track seen in it: box, raw and smoothed probabilities), and ``<stem>.track<id>.timeline.png`` per track (each class's smoothed
-probability over time).
+frame per track seen in it: box, raw and smoothed probabilities), and
+``<stem>.track<id>.timeline.png`` per track (each class's smoothed probability over time).
 """
 
 from __future__ import annotations
@@ -60,14 +63,15 @@ if TYPE_CHECKING:
 #: The file types ``predict`` reads as videos (anything OpenCV's FFmpeg reads is tried).
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
                             ".wmv"})
-#: Detection on every 5th analysed frame: MTCNN costs 100-300 ms a frame here, following a
-#: face by template matching under 1 ms; at 25 frames/s a face is re-detected 5 times a second.
+#: Detection on every 5th analysed frame: an MTCNN pass costs 25-50 ms a 640x480 frame here
+#: (benchmarks.video), following a face by template matching under 1 ms; at 25 frames/s a
+#: face is re-detected 5 times a second.
 DEFAULT_DETECT_EVERY = 5
 #: By default the smallest face a video's detection looks for is this share of the frame's
 #: shorter side (40 px at 640x480), and at least MIN_FACE px: MTCNN's image pyramid then
-#: works on the frame shrunk by half, and a pass at 640x480 costs a quarter to a third less
-#: (99-160 against 151-205 ms here, benchmarks.video --min-face 20 0). A smaller face is too
-#: few pixels to read an emotion from.
+#: works on the frame shrunk by half, and a pass at 640x480 costs about 40% less (50 against
+#: 82 ms a pass here beside classification, benchmarks.video --min-face 20 0 -v). A smaller
+#: face is too few pixels to read an emotion from.
 MIN_FACE_SHARE = 1 / 12
 MIN_FACE = 20
 #: Weight of the past in each track's moving average of probabilities (0: no smoothing).
@@ -85,6 +89,8 @@ NESTED = 0.5
 FOLLOW_MIN_SCORE = 0.5
 #: A face larger than this (its longer side, px) is followed at a smaller scale.
 FOLLOW_SIZE = 128
+#: At most this many frames are read (and detected) ahead of the ones being classified.
+MAX_READ_AHEAD = 32
 #: When a video does not say its frame rate.
 FALLBACK_FPS = 25.0
 NO_FACE_NOTE = "no face found"
@@ -278,9 +284,10 @@ class Tracker:
 
     def detected(self, gray: np.ndarray, faces: list[Face]) -> list[tuple[Track, Face, bool]]:
         """Match a detection pass's ``faces`` to the live tracks; start a track for each face
-        left over (unless it lies inside a face already seen); follow each live track left over by its template (a face the detector
-        missed once); end tracks missed more than ``max_missed`` passes in a row. Returns
-        ``(track, face, detected)`` for every track seen in this frame."""
+        left over (unless it lies inside a face already seen); follow each live track left
+        over by its template (a face the detector missed once); end tracks missed more than
+        ``max_missed`` passes in a row. Returns ``(track, face, detected)`` for every track
+        seen in this frame."""
         pairs = associate([t.face.box for t in self.live], [f.box for f in faces],
                           self.min_iou)
         seen: list[tuple[Track, Face, bool]] = []
@@ -440,7 +447,7 @@ class VideoResult:
     detections: int = 0  # detection passes
     tracks: list[Track] = field(default_factory=list, repr=False)
     seconds: dict[str, float] = field(default_factory=lambda: {
-        "total": 0.0, "detection": 0.0, "classification": 0.0})
+        "total": 0.0, "detection": 0.0, "classification": 0.0, "waiting": 0.0})
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     classes: tuple[str, ...] = CLASS_NAMES  # the model's label set, in id order
@@ -461,15 +468,19 @@ class VideoResult:
         return self.frames_read / self.seconds["total"] if self.seconds["total"] else 0.0
 
     def timing(self) -> dict[str, float]:
-        """Frames/s, and per analysed frame the ms spent detecting, classifying and on the
-        rest (decoding, cropping, following, drawing, writing)."""
+        """Frames/s, and per analysed frame the ms spent detecting (in the read-ahead thread,
+        alongside the rest), classifying, waiting for the read-ahead thread (reading and
+        detection not hidden behind classification) and on the rest (following, cropping,
+        drawing, writing the outputs)."""
         n = max(self.frames_analysed, 1)
-        total, det, cls = (self.seconds[k] for k in ("total", "detection", "classification"))
+        total, det, cls, wait = (self.seconds[k] for k in ("total", "detection",
+                                                           "classification", "waiting"))
         return {"frames_per_s": round(self.fps, 2),
                 "analysed_per_s": round(self.frames_analysed / total, 2) if total else 0.0,
                 "detection_ms_per_frame": round(det * 1000 / n, 1),
                 "classification_ms_per_frame": round(cls * 1000 / n, 1),
-                "other_ms_per_frame": round((total - det - cls) * 1000 / n, 1),
+                "waiting_ms_per_frame": round(wait * 1000 / n, 1),
+                "other_ms_per_frame": round(max(total - cls - wait, 0.0) * 1000 / n, 1),
                 "detection_ms_per_pass": round(det * 1000 / max(self.detections, 1), 1)}
 
     def track_summaries(self) -> list[dict[str, Any]]:
@@ -529,12 +540,18 @@ def analyse_video(path: str | Path, client: Client | Callable[[], Client],
     bar = tqdm(total=info.frames, unit="frame", desc=Path(path).name, file=stream,
                disable=stream is None, leave=False, mininterval=0.5)
     start = time.perf_counter()
+    ahead = ReadAhead(_read_and_detect(capture, detector, options, result),
+                      depth=min(MAX_READ_AHEAD, 2 * options.stride * options.detect_every))
     try:
-        for index, frame in enumerate(frames(capture)):
+        while True:
+            t = time.perf_counter()
+            item = ahead.next()
+            result.seconds["waiting"] += time.perf_counter() - t
+            if item is None:
+                break
             result.frames_read += 1
-            if index % options.stride == 0:
-                _analyse_frame(frame, index, info.fps, tracker, client, detector, options,
-                               result)
+            if item.gray is not None:
+                _analyse_frame(item, info.fps, tracker, client, options, result)
             bar.update()
         result.tracks = tracker.finish()
         if output is not None:
@@ -543,6 +560,7 @@ def analyse_video(path: str | Path, client: Client | Callable[[], Client],
             target = output / f"{Path(path).stem}.annotated.mp4"
             result.outputs["video"] = str(render(path, result, target, bar.update))
     finally:
+        ahead.close()
         bar.close()
     result.seconds["total"] = time.perf_counter() - start
     return result
@@ -591,20 +609,106 @@ def progress_stream() -> TextIO | None:
     return None
 
 
-def _analyse_frame(frame: np.ndarray, index: int, fps: float, tracker: Tracker,
-                   client: Client, detector: Detector, options: VideoOptions,
-                   result: VideoResult) -> None:
-    """Detect or follow the faces of one analysed frame, classify them in one call, and
-    record each track's row."""
-    gray = to_gray(frame)
-    if result.frames_analysed % options.detect_every == 0:
-        t = time.perf_counter()
-        faces = detector.detect(frame, options.min_face)
-        result.seconds["detection"] += time.perf_counter() - t
-        result.detections += 1
-        seen = tracker.detected(gray, faces)
-    else:
-        seen = tracker.follow(gray)
+@dataclass
+class ReadFrame:
+    """A frame as the read-ahead thread hands it over: its index, and for a frame to analyse
+    its grey image and, on a detection frame, the detector's faces (else ``None``)."""
+
+    index: int
+    gray: np.ndarray | None = None
+    faces: list[Face] | None = None
+
+
+def _read_and_detect(capture: cv2.VideoCapture, detector: Detector, options: VideoOptions,
+                     result: VideoResult) -> Iterator[ReadFrame]:
+    """The video's frames as :class:`ReadFrame`: every ``stride``-th one to analyse, with the
+    detector's faces on every ``detect_every``-th of those; ``result`` counts the detection
+    passes and their time."""
+    analysed = 0
+    for index, frame in enumerate(frames(capture)):
+        if index % options.stride:
+            yield ReadFrame(index)
+            continue
+        faces = None
+        if analysed % options.detect_every == 0:
+            t = time.perf_counter()
+            faces = detector.detect(frame, options.min_face)
+            result.seconds["detection"] += time.perf_counter() - t
+            result.detections += 1
+        analysed += 1
+        yield ReadFrame(index, to_gray(frame), faces)
+
+
+class ReadAhead:
+    """Runs an iterator in a thread of its own, up to ``depth`` items ahead of :meth:`next`.
+
+    The video loop reads and detects in this thread while the main thread follows and
+    classifies: both are mostly TensorFlow or OpenCV work, which runs without Python's lock,
+    so on a machine with two cores or more a detection pass overlaps the classification of
+    the frames before it instead of adding to it. An exception in the thread is raised again
+    by :meth:`next`; :meth:`close` stops the thread (it closes the iterator, so a video
+    capture is released) and waits for it."""
+
+    def __init__(self, items: Iterator[Any], depth: int):
+        import queue
+        import threading
+
+        self._items = items
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="video-read-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, entry: tuple[str, Any]) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as error:  # handed to the main thread, raised there
+            self._put(("error", error))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def next(self) -> Any:
+        """The next item, or ``None`` once the iterator is exhausted."""
+        if self._done:
+            return None
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._done = True
+        if kind == "error":
+            raise value
+        return None
+
+    def close(self) -> None:
+        """Stop the thread (if it still runs) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _analyse_frame(item: ReadFrame, fps: float, tracker: Tracker, client: Client,
+                   options: VideoOptions, result: VideoResult) -> None:
+    """Match a detection frame's faces to the tracks, or follow them into another analysed
+    frame; classify the faces in one call, and record each track's row."""
+    gray = item.gray
+    seen = tracker.follow(gray) if item.faces is None else tracker.detected(gray, item.faces)
     result.frames_analysed += 1
     if not seen:
         return
@@ -613,7 +717,7 @@ def _analyse_frame(frame: np.ndarray, index: int, fps: float, tracker: Tracker,
     probs = client.predict_pixels(crops, tta=options.tta)[PROBABILITIES]
     result.seconds["classification"] += time.perf_counter() - t
     for (track, face, detected), p in zip(seen, probs):
-        track.observe(index, index / fps, face, detected, p, options.smoothing)
+        track.observe(item.index, item.index / fps, face, detected, p, options.smoothing)
 
 
 def draw(frame: np.ndarray, rows: list[FrameRow],
@@ -812,9 +916,10 @@ def format_video(result: VideoResult, verbose: bool = False) -> str:
         lines.append(f"  settings: detector {o.detector}, detect every {o.detect_every}, "
                      f"stride {o.stride}, smoothing {o.smoothing}, "
                      f"{result.detections} detection passes")
-        lines.append(f"  per analysed frame: detection {t['detection_ms_per_frame']} ms, "
-                     f"classification {t['classification_ms_per_frame']} ms, other "
-                     f"{t['other_ms_per_frame']} ms")
+        lines.append(f"  per analysed frame: detection {t['detection_ms_per_frame']} ms "
+                     f"(alongside the rest), classification "
+                     f"{t['classification_ms_per_frame']} ms, waiting for detection "
+                     f"{t['waiting_ms_per_frame']} ms, other {t['other_ms_per_frame']} ms")
     lines.append(summary_line(result))
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from serving.faces import (
     EYES_DISTANCE,
     Face,
     alignment_matrix,
+    compile_stages,
     face_crop,
     get_detector,
     iou,
@@ -61,6 +62,27 @@ def test_mtcnn_finds_every_face_of_the_group_photo():
         x, y, w, h = face.box
         for px, py in face.landmarks.values():  # landmarks inside their box
             assert x - 2 <= px <= x + w + 2 and y - 2 <= py <= y + h + 2
+
+
+def test_mtcnn_as_graphs_finds_exactly_what_the_package_finds_eagerly():
+    from mtcnn import MTCNN
+
+    rgb = cv2.cvtColor(cv2.imread(str(PHOTOS / "insightface_t1.jpg")), cv2.COLOR_BGR2RGB)
+    eager, compiled = MTCNN(), MTCNN()
+    compile_stages(compiled)
+    assert all(hasattr(stage._model, "python_function") for stage in compiled.stages)
+    assert not any(hasattr(stage._model, "python_function") for stage in eager.stages)
+    assert all(hasattr(stage._model, "python_function")  # what the detector runs
+               for stage in get_detector("mtcnn")._mtcnn.stages)
+    half = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    for image in (rgb, half):  # other pyramid sizes: no retracing to a wrong shape
+        want, got = eager.detect_faces(image), compiled.detect_faces(image)
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want):
+            assert np.allclose(g["box"], w["box"], atol=1)
+            assert g["confidence"] == pytest.approx(w["confidence"], abs=1e-4)
+            for k in w["keypoints"]:
+                assert np.allclose(g["keypoints"][k], w["keypoints"][k], atol=1)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

@@ -17,7 +17,9 @@ from serving.contract import BUNDLED_MODEL_BASE, CLASS_NAMES, PROBABILITIES
 from serving.faces import Face
 from serving.video import (
     NO_FACE_NOTE,
+    ReadAhead,
     Tracker,
+    VideoError,
     VideoOptions,
     analyse_video,
     associate,
@@ -326,6 +328,37 @@ def test_a_box_found_by_one_detection_pass_only_is_not_reported():
     kept = tracker.finish()
     assert [(t.id, t.face.box, t.hits) for t in kept] == [(1, face.box, 4),
                                                          (2, (500, 300, 60, 60), 1)]
+
+
+def test_the_read_ahead_thread_keeps_order_passes_errors_on_and_stops_when_closed():
+    assert [x for x in iter(ReadAhead(iter(range(50)), depth=4).next, None)] == list(range(50))
+
+    def failing():
+        yield 1
+        raise VideoError("frame 2 is broken")
+
+    ahead = ReadAhead(failing(), depth=2)
+    assert ahead.next() == 1
+    with pytest.raises(VideoError, match="frame 2 is broken"):
+        ahead.next()
+    assert ahead.next() is None
+    ahead.close()
+
+    closed = []
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.append(True)  # a video capture is released here
+
+    ahead = ReadAhead(endless(), depth=3)  # the thread fills the queue and waits
+    assert ahead.next() == 1
+    ahead.close()
+    assert closed == [True] and not ahead._thread.is_alive()
 
 
 def test_open_video_reads_size_rate_and_count(clip):
