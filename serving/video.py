@@ -33,7 +33,9 @@ import csv
 import glob
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -650,9 +652,6 @@ class ReadAhead:
     capture is released) and waits for it."""
 
     def __init__(self, items: Iterator[Any], depth: int):
-        import queue
-        import threading
-
         self._items = items
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -662,8 +661,6 @@ class ReadAhead:
         self._thread.start()
 
     def _put(self, entry: tuple[str, Any]) -> bool:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(entry, timeout=0.1)
