@@ -145,7 +145,7 @@ def compile_stages(mtcnn) -> None:
     for stage in getattr(mtcnn, "stages", ()):
         model = getattr(stage, "_model", None)
         if model is not None and not hasattr(model, "python_function"):
-            stage._model = tf.function(model, input_signature=spec, reduce_retracing=True)
+            stage._model = tf.function(model, input_signature=spec)
 
 
 def detect_shrunk(detector: Detector, image: np.ndarray, scale: float) -> list[Face]:
