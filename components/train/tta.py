@@ -4,8 +4,15 @@ The TTA model keeps the serving contract (``pixels`` float32 [N,48,48,1], 0-255 
 probabilities [N,7]) and can be exported or evaluated like the plain one. Modes:
 
 * ``flip``: the face and its horizontal mirror (2 views);
+* ``centre``: the face's centre ``crop_size`` square (46 of 48 px) resized back bilinearly,
+  a slight zoom in, and its mirror (2 views). Networks trained with zoom-in augmentation
+  read faces a little closer than the training faces' framing better: on val, before any
+  logit adjustment, this average scores what the 12 ``crops`` views do at a sixth of the
+  passes (the bundled model's network: accuracy / macro F1 0.684 / 0.675 against 0.685 /
+  0.672 with crops, 0.656 / 0.629 one pass; the distilled student: 0.670 / 0.644 against
+  0.662 / 0.629, 0.638 / 0.611 one pass);
 * ``crops``: the face, its four corner crops and its centre crop (``crop_size`` square,
-  resized back bilinearly), each also mirrored (12 views).
+  44 of 48 px, resized back bilinearly), each also mirrored (12 views).
 
 All views go through the model as one batch of ``views * N``.
 """
@@ -21,7 +28,9 @@ from keras import layers, ops
 from components.train.recipe import TTA_MODES, check_tta
 from serving.contract import PIXELS_INPUT
 
-CROP_SIZE = 44
+CROP_SIZE = 44  # the crops mode's
+CENTRE_SIZE = 46  # the centre mode's
+NUM_VIEWS = {"flip": 2, "centre": 2, "crops": 12}
 
 
 def crop_offsets(height: int, width: int, crop_size: int) -> list[tuple[int, int]]:
@@ -34,24 +43,26 @@ def crop_offsets(height: int, width: int, crop_size: int) -> list[tuple[int, int
 class TTAViews(layers.Layer):
     """[N,H,W,C] -> [V*N,H,W,C]: the views of every image, view-major."""
 
-    def __init__(self, mode: str = "flip", crop_size: int = CROP_SIZE, **kwargs):
+    def __init__(self, mode: str = "flip", crop_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if mode not in TTA_MODES[1:]:
             raise ValueError(f"TTA mode must be one of {TTA_MODES[1:]}, got {mode!r}")
-        self.mode, self.crop_size = mode, int(crop_size)
+        self.mode = mode
+        self.crop_size = int(crop_size or (CENTRE_SIZE if mode == "centre" else CROP_SIZE))
 
     def num_views(self) -> int:
-        """How many views of each image the mode makes: 2 for flip, 12 for crops."""
-        return 2 if self.mode == "flip" else 12
+        """How many views of each image the mode makes (:data:`NUM_VIEWS`)."""
+        return NUM_VIEWS[self.mode]
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
-        views = [inputs]
-        if self.mode == "crops":
-            s = self.crop_size
-            for y, x in crop_offsets(height, width, s):
-                crop = inputs[:, y:y + s, x:x + s, :]
-                views.append(ops.image.resize(crop, (height, width), interpolation="bilinear"))
+        s = self.crop_size
+        views = [inputs] if self.mode != "centre" else []
+        offsets = {"flip": [], "centre": crop_offsets(height, width, s)[-1:],
+                   "crops": crop_offsets(height, width, s)}[self.mode]
+        for y, x in offsets:
+            crop = inputs[:, y:y + s, x:x + s, :]
+            views.append(ops.image.resize(crop, (height, width), interpolation="bilinear"))
         views += [ops.flip(v, axis=2) for v in views]
         return ops.concatenate(views, axis=0)
 
@@ -80,16 +91,18 @@ class ViewMean(layers.Layer):
         return {**super().get_config(), "num_views": self.num_views}
 
 
-def with_tta(model: keras.Model, mode: str = "flip", crop_size: int = CROP_SIZE) -> keras.Model:
+def with_tta(model: keras.Model, mode: str = "flip", crop_size: int | None = None
+             ) -> keras.Model:
     """``model`` wrapped to average its softmax over the ``mode`` views (``"none"``: ``model``).
 
-    ``crop_size``: side of the ``crops`` mode's crops, smaller than the input.
+    ``crop_size``: side of the ``centre`` or ``crops`` mode's crops, smaller than the input
+    (default: :data:`CENTRE_SIZE`, :data:`CROP_SIZE`).
     """
     check_tta(mode)
     if mode == "none":
         return model
     height, width = model.input_shape[1:3]
-    if mode == "crops" and not 0 < crop_size < min(height, width):
+    if crop_size is not None and not 0 < crop_size < min(height, width):
         raise ValueError(f"crop_size must be in (0, {min(height, width)}), got {crop_size}")
     inputs = keras.Input(shape=model.input_shape[1:], name=PIXELS_INPUT)
     views = TTAViews(mode, crop_size, name="tta_views")
@@ -106,7 +119,7 @@ def view_probabilities(model: keras.Model, inputs: np.ndarray, mode: str = "none
     check_tta(mode)
     if mode == "none":
         return model.predict(inputs, batch_size=batch_size, verbose=0)[None]
-    views = TTAViews(mode, CROP_SIZE)
+    views = TTAViews(mode)
     chunks = []
     for start in range(0, len(inputs), batch_size):
         batch = views(ops.convert_to_tensor(inputs[start:start + batch_size]))
